@@ -1,0 +1,104 @@
+"""`harness run | report | data synth`: the command line. Bad input exits 2 with one line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .study import DEFAULT_SCALE, SCALES, StudyError, load_study
+
+
+def _run(args: argparse.Namespace) -> int:
+    study = load_study(args.study, args.scale)
+    from .sweep import trial_points  # Ray is imported only when a sweep is really run
+
+    if args.dry_run:
+        print(f"study {study.name} at scale {study.scale}: {len(trial_points(study))} trials")
+        for point in trial_points(study):
+            print("  " + json.dumps(point))
+        res = study.resources
+        print(f"each trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU, "
+              f"{res.gpus_per_worker:g} GPU; pre-train {study.pretrain.epochs} epochs on {study.pretrain.source}, "
+              f"evaluate ({study.evaluate.protocol}) on {study.evaluate.source}")
+        return 0
+    from .sweep import run_study
+
+    run_dir, failed = run_study(study, args.runs, address=args.address, restart=args.restart,
+                                verbose=args.verbose)
+    print(f"report: harness report {run_dir}")
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for run_dir in args.runs:
+        html = write_report(Path(run_dir), Path(args.out))
+        print(f"wrote {html} and {html.with_suffix('.md')}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import DOMAINS, SynthParams, generate
+
+    if args.domain not in DOMAINS:
+        raise StudyError(f"data synth: unknown domain {args.domain!r}; choose from {list(DOMAINS)}")
+    params = SynthParams(domain=args.domain, train_clips=args.clips, val_clips=args.val_clips,
+                         frames=args.frames, size=args.size, seed=args.seed, background=args.background,
+                         distractors=args.distractors, noise=args.noise)
+    manifest = generate(params, Path(args.out), progress=lambda done, total: print(
+        f"\r{done}/{total} clips", end="\n" if done == total else "", flush=True))
+    print(f"wrote {manifest}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="harness", description="VideoMAE ablation harness on Ray.")
+    commands = main.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a study file's trials (resumes an interrupted study)")
+    run.add_argument("study", help="study YAML file, e.g. studies/mask_ratio.yaml")
+    run.add_argument("--scale", choices=SCALES, default=DEFAULT_SCALE, help="named scale (default: cpu)")
+    run.add_argument("--runs", default="runs", help="folder for results (default: ./runs)")
+    run.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local Ray)")
+    run.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    run.add_argument("--dry-run", action="store_true", help="print the trials and resources; run nothing")
+    run.add_argument("--verbose", action="store_true", help="show the Ray workers' own log lines")
+    run.set_defaults(handler=_run)
+
+    report = commands.add_parser("report", help="write reports/<study>.html and .md from a run folder")
+    report.add_argument("runs", nargs="+", help="run folders, e.g. runs/mask_ratio")
+    report.add_argument("--out", default="reports", help="output folder (default: ./reports)")
+    report.set_defaults(handler=_report)
+
+    data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write a synthetic domain as mp4 files plus manifest.csv")
+    synth.add_argument("domain", help="motion | appearance")
+    synth.add_argument("--clips", type=int, default=512, help="train clips (default 512)")
+    synth.add_argument("--val-clips", type=int, default=256, help="val clips (default 256)")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--frames", type=int, default=16)
+    synth.add_argument("--size", type=int, default=32)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--background", choices=("black", "texture"), default="black")
+    synth.add_argument("--distractors", type=int, default=0)
+    synth.add_argument("--noise", type=float, default=0.0)
+    synth.set_defaults(handler=_synth)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (StudyError, FileNotFoundError) as error:
+        print(f"harness: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

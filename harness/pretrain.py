@@ -1,0 +1,107 @@
+"""The pre-training loop: VideoMAE on one data source, checkpoint every epoch, resumable."""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from models import VideoMAE, make_mask
+
+from .data import ClipDataset
+from .session import Session, all_reduce_mean
+from .sources import resolve_source, split, stratified_subset
+from .study import Experiment
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
+    """Linear warmup, then cosine decay from `peak` to `floor`."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+def build_pretrain_model(experiment: Experiment, seed: int) -> VideoMAE:
+    torch.manual_seed(seed)  # same initial weights for the same seed, pre-trained or scratch
+    return VideoMAE(experiment.model.build(), loss=experiment.pretrain.loss)
+
+
+def pretrain_dataset(experiment: Experiment, seed: int) -> ClipDataset:
+    config, spec = experiment.model.build(), experiment.pretrain
+    table = split(resolve_source(spec.source, experiment.synth_params()), "train")
+    table = stratified_subset(table, spec.clips)
+    return ClipDataset(table["path"], table["label"], config.num_frames, config.img_size,
+                       stride=spec.stride, train=True, seed=seed)
+
+
+def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
+    """Pre-train and `session.report` once per epoch with a checkpoint; resumes from the latest."""
+    spec, device = experiment.pretrain, session.device
+    model = build_pretrain_model(experiment, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),
+                                  weight_decay=spec.weight_decay)
+    start_epoch, history = 0, []
+    checkpoint = session.latest_checkpoint()
+    if checkpoint:
+        state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
+        if start_epoch >= spec.epochs:  # finished before an interruption: hand back the result
+            session.report(state["metrics"], checkpoint if session.rank == 0 else None)
+            return
+    model = session.prepare_model(model)
+    core = getattr(model, "module", model)
+
+    dataset = pretrain_dataset(experiment, seed)
+    per_worker_batch = max(1, min(spec.batch_size // session.world_size, len(dataset) // session.world_size))
+    sampler = DistributedSampler(dataset, session.world_size, session.rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=per_worker_batch, sampler=sampler, drop_last=True)
+    steps_per_epoch = len(loader)
+    total_steps, warmup_steps = spec.epochs * steps_per_epoch, spec.warmup_epochs * steps_per_epoch
+    masks = torch.Generator().manual_seed(seed * 1000 + session.rank)
+    grid = core.config.grid
+
+    for epoch in range(start_epoch, spec.epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        masks.manual_seed(seed * 1000 + session.rank + 7919 * epoch)  # resumable mid-study
+        started, loss_sum, clips = time.perf_counter(), 0.0, 0
+        for step, (video, _) in enumerate(loader):
+            lr = lr_at(epoch * steps_per_epoch + step, total_steps, warmup_steps, spec.lr, spec.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            mask = make_mask(spec.mask.strategy, video.shape[0], grid, spec.mask.ratio, masks)
+            video, mask = video.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            with autocast(experiment.precision, device):
+                loss = model(video, mask).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if spec.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad)
+            optimizer.step()
+            loss_sum += loss.item() * video.shape[0]
+            clips += video.shape[0]
+        seconds = time.perf_counter() - started
+        epoch_loss = all_reduce_mean(loss_sum / max(clips, 1), device)
+        history.append(epoch_loss)
+        metrics = {"stage": "pretrain", "epoch": epoch + 1, "loss": epoch_loss, "lr": lr,
+                   "clips_per_s": clips * session.world_size / seconds, "epoch_time_s": seconds,
+                   "loss_curve": list(history)}
+        with tempfile.TemporaryDirectory() as tmp:
+            if session.rank == 0:
+                torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                            "epoch": epoch + 1, "history": history,
+                            "metrics": metrics}, Path(tmp) / CHECKPOINT_FILE)
+            session.report(metrics, tmp if session.rank == 0 else None)

@@ -1,0 +1,55 @@
+"""What the training loops need from whoever runs them. This default runs in-process, alone;
+the trial layer swaps in a Ray Train session (harness/trial.py)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+class Session:
+    rank: int = 0
+    world_size: int = 1
+
+    def __init__(self, checkpoint_root: str | Path | None = None):
+        self.checkpoint_root = Path(checkpoint_root) if checkpoint_root else None
+        self.reports: list[dict[str, Any]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir and self.checkpoint_root:
+            latest = self.checkpoint_root / "latest"
+            shutil.rmtree(latest, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, latest)
+
+    def latest_checkpoint(self) -> Path | None:
+        latest = self.checkpoint_root / "latest" if self.checkpoint_root else None
+        return latest if latest and latest.exists() else None
+
+
+def all_reduce_mean(value: float, device: torch.device) -> float:
+    """Mean of a scalar over the workers of a distributed run (identity when alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / dist.get_world_size()
+
+
+def all_gather(items: list) -> list:
+    """Every worker's list, concatenated in rank order (identity when alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]

@@ -1,0 +1,227 @@
+"""Study files: YAML (safe_load only) -> one validated, typed Study. One place per concept.
+
+A study's top-level values are its `cpu` scale; `scales.<name>` holds dotted-path overrides
+(e.g. `pretrain.epochs: 2`) applied before validation when `--scale <name>` is chosen.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from models import LOSSES, STRATEGIES, model_config
+from models.presets import ModelConfig
+
+from .sources import check_source
+from .synth import SynthParams
+
+SCALES = ("smoke", "cpu", "paper")
+DEFAULT_SCALE = "cpu"
+
+
+class StudyError(ValueError):
+    """A bad study file: the message is one line naming the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    preset: str = "tiny"
+    overrides: dict[str, Any] = {}
+
+    def build(self) -> ModelConfig:
+        return model_config(self.preset, **self.overrides)
+
+
+class SynthSpec(Strict):
+    """How synthetic sources (`synth:<domain>`) are generated; frames and size follow the model."""
+    train_clips: int = Field(512, ge=1)
+    val_clips: int = Field(256, ge=1)
+    seed: int = 0
+    background: Literal["black", "texture"] = "black"
+    distractors: int = Field(0, ge=0)
+    noise: float = Field(0.0, ge=0, le=1)
+
+
+class MaskSpec(Strict):
+    strategy: str = "tube"
+    ratio: float = Field(0.9, gt=0, lt=1)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown mask strategy {value!r}; choose from {list(STRATEGIES)}")
+        return value
+
+
+class PretrainSpec(Strict):
+    method: Literal["videomae", "scratch"] = "videomae"  # scratch: no pre-training (baseline)
+    source: str = "synth:motion"
+    clips: int | None = Field(None, ge=1)  # None: the whole train split
+    stride: int = Field(1, ge=1)           # temporal stride between sampled frames
+    mask: MaskSpec = MaskSpec()
+    loss: str = "mse"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)      # global, split over the trial's workers
+    lr: float = Field(1e-3, gt=0)          # peak learning rate for the global batch
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    clip_grad: float | None = Field(1.0, gt=0)
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        if value not in LOSSES:
+            raise ValueError(f"unknown loss {value!r}; choose from {list(LOSSES)}")
+        return value
+
+
+class EvaluateSpec(Strict):
+    source: str = "synth:motion"
+    protocol: Literal["linear"] = "linear"
+    train_clips: int | None = Field(None, ge=1)  # labelled clips for the probe; None: all
+    features: Literal["temporal", "mean"] = "temporal"  # temporal keeps the order of time slots
+    epochs: int = Field(200, ge=1)         # full-batch steps of the linear probe
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    batch_size: int = Field(64, ge=1)      # feature extraction batch
+
+
+class ResourcesSpec(Strict):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster fits
+
+
+class SweepSpec(Strict):
+    method: Literal["grid"] = "grid"
+    parameters: dict[str, list[Any]] = {}  # dotted path -> values
+
+
+class Experiment(Strict):
+    """Everything one trial needs: what the sweep varies lives here."""
+    model: ModelSpec = ModelSpec()
+    synth: SynthSpec = SynthSpec()
+    pretrain: PretrainSpec = PretrainSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+    precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype for the model's matmuls
+
+    @model_validator(mode="after")
+    def _valid_model(self) -> "Experiment":
+        try:
+            self.model.build()
+        except ValueError as error:
+            raise ValueError(f"model: {error}") from None
+        return self
+
+    def synth_params(self) -> SynthParams:
+        """Generation parameters for `synth:` sources; frames and size follow the model."""
+        config = self.model.build()
+        return SynthParams(frames=config.num_frames * self.pretrain.stride, size=config.img_size,
+                           **self.synth.model_dump())
+
+
+class Study(Experiment):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seeds: list[int] = Field([0], min_length=1)
+    sweep: SweepSpec = SweepSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    scale: str = DEFAULT_SCALE
+
+    def experiment(self, overrides: dict[str, Any] | None = None) -> Experiment:
+        """This study's trial settings with dotted-path overrides (a sweep point) applied."""
+        raw = self.model_dump(include=set(Experiment.model_fields))
+        for path, value in (overrides or {}).items():
+            set_path(raw, path, value)
+        return Experiment.model_validate(raw)
+
+
+def set_path(tree: dict, path: str, value: Any) -> None:
+    """tree['a']['b']['c'] = value for path 'a.b.c', creating mappings on the way."""
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise KeyError(path)
+        tree = node
+    tree[leaf] = value
+
+
+def _first_error(error: ValidationError, prefix: str = "") -> str:
+    detail = error.errors()[0]
+    where = ".".join(str(part) for part in detail["loc"]) or "(top level)"
+    message = detail["msg"].removeprefix("Value error, ")
+    if detail["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{prefix}{where}: {message}"
+
+
+def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool = True) -> Study:
+    """Read and validate a study file; raise StudyError with one line naming file and field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise StudyError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise StudyError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: a study file must be a mapping of keys to values")
+    raw = copy.deepcopy(raw)
+    scales = raw.pop("scales", {}) or {}
+    if not isinstance(scales, dict) or set(scales) - set(SCALES):
+        raise StudyError(f"{path}: scales: must map some of {list(SCALES)} to overrides")
+    if scale not in SCALES:
+        raise StudyError(f"{path}: --scale: unknown scale {scale!r}; choose from {list(SCALES)}")
+    if scale != DEFAULT_SCALE and scale not in scales:
+        raise StudyError(f"{path}: scales.{scale}: this study does not define the {scale!r} scale")
+    for key, value in (scales.get(scale) or {}).items():
+        try:
+            set_path(raw, key, value)
+        except KeyError:
+            raise StudyError(f"{path}: scales.{scale}.{key}: not a settable field") from None
+    raw["scale"] = scale
+    try:
+        study = Study.model_validate(raw)
+    except ValidationError as error:
+        raise StudyError(_first_error(error, f"{path}: ")) from None
+    _check_sweep(study, path)
+    if check_paths:
+        for field, source in _sources(study):
+            problem = check_source(source)
+            if problem:
+                raise StudyError(f"{path}: {field}: {problem}")
+    return study
+
+
+def _check_sweep(study: Study, path: Path) -> None:
+    for name, values in study.sweep.parameters.items():
+        if not values:
+            raise StudyError(f"{path}: sweep.parameters.{name}: needs at least one value")
+        for value in values:
+            try:
+                study.experiment({name: value})
+            except (ValidationError, KeyError) as error:
+                detail = _first_error(error) if isinstance(error, ValidationError) else "not a field"
+                raise StudyError(f"{path}: sweep.parameters.{name}: value {value!r}: {detail}") from None
+
+
+def _sources(study: Study) -> list[tuple[str, str]]:
+    """Every data source the study can use, including swept ones, with its field name."""
+    found = [("pretrain.source", study.pretrain.source), ("evaluate.source", study.evaluate.source)]
+    for name, values in study.sweep.parameters.items():
+        if name in ("pretrain.source", "evaluate.source"):
+            found += [(f"sweep.parameters.{name}", value) for value in values]
+    return found

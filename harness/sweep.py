@@ -1,0 +1,170 @@
+"""Study -> a Ray Tune sweep of trials on a local or existing Ray cluster -> rows in Parquet."""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.tune
+import torch
+from ray.tune import Callback
+
+from .results import SCHEMA_VERSION, TRIALS_FILE, read_trials, upsert_rows
+from .sources import resolve_source
+from .study import Study, StudyError
+from .trial import TRIAL_CPU, run_trial
+
+ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
+               "eval_top1", "eval_top5", "eval_train_clips", "eval_time_s", "wall_time_s")
+
+
+def trial_points(study: Study) -> list[dict[str, Any]]:
+    """Every sweep point x seed, in a stable order."""
+    names = list(study.sweep.parameters)
+    grid = itertools.product(*(study.sweep.parameters[n] for n in names), study.seeds)
+    return [{**dict(zip(names, values[:-1])), "seed": values[-1]} for values in grid]
+
+
+def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> dict[str, Any]:
+    """Per-trial resources and how many trials run at once; StudyError if a trial cannot fit."""
+    res = study.resources
+    cpus = res.workers_per_trial * res.cpus_per_worker
+    gpus = res.workers_per_trial * res.gpus_per_worker
+    have_cpus, have_gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    if gpus > have_gpus:
+        raise StudyError(f"{source}resources.gpus_per_worker: a trial needs {gpus:g} GPUs, the cluster has {have_gpus:g}")
+    if cpus > have_cpus:
+        raise StudyError(f"{source}resources.cpus_per_worker: a trial needs {cpus:g} CPUs, the cluster has {have_cpus:g}")
+    fits = math.floor((have_cpus + 1e-9) / cpus)
+    if gpus:
+        fits = min(fits, math.floor(have_gpus / gpus))
+    concurrent = min(fits, res.max_concurrent_trials or fits)
+    return {"trials": len(trial_points(study)), "cpus_per_trial": cpus, "gpus_per_trial": gpus,
+            "concurrent_trials": concurrent, "cluster_cpus": have_cpus, "cluster_gpus": have_gpus}
+
+
+def prepare_data(study: Study) -> None:
+    """Make every synthetic source the trials will read, once, before any trial starts."""
+    sources = {(p.get("pretrain.source", study.pretrain.source), p.get("evaluate.source", study.evaluate.source))
+               for p in trial_points(study)}
+    for source in sorted({s for pair in sources for s in pair if s.startswith("synth:")}):
+        def progress(done: int, total: int, name: str = source) -> None:
+            if done == total or done % max(1, total // 10) == 0:
+                print(f"  making {name}: {done}/{total} clips", flush=True)
+        resolve_source(source, study.synth_params(), progress=progress)
+
+
+def start_ray(address: str | None, verbose: bool = False) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a local Ray with the dashboard on 127.0.0.1."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {k: os.environ[k] for k in ("VIDEOMAE_HARNESS_CACHE",) if k in os.environ}
+    if address:
+        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
+    else:
+        # The dashboard must run: without it Train-inside-Tune leaks placement groups (notes/ray.md).
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=verbose,
+                           runtime_env={"env_vars": env})
+    url = context.dashboard_url
+    print(f"Ray {'cluster ' + address if address else 'started locally'}; dashboard: "
+          f"{'http://' + url if url else 'not running'}", flush=True)
+
+
+class TrialRecorder(Callback):
+    """Prints progress and writes each finished trial's row to trials.parquet at once."""
+
+    def __init__(self, study: Study, run_dir: Path, total: int):
+        self.study, self.run_dir, self.total = study, run_dir, total
+        self.finished = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        label = _label(self.study, trial.config)
+        if result.get("stage") == "pretrain":
+            print(f"  [{label}] pretrain epoch {result['epoch']}/{self.study.experiment(_swept(trial.config)).pretrain.epochs}"
+                  f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)
+        elif result.get("stage") == "done":
+            self.finished += 1
+            upsert_rows(self.run_dir / TRIALS_FILE, [trial_row(self.study, trial.trial_id, trial.config, result)])
+            print(f"  [{label}] done: eval top-1 {result['eval_top1']:.3f} in {result['wall_time_s']:.0f} s "
+                  f"({self.finished}/{self.total} this session)", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        where = Path(trial.error_file) if trial.error_file else None
+        lines = where.read_text().strip().splitlines() if where and where.exists() else []
+        reason = lines[-1] if lines else "see the Ray logs"
+        print(f"  [{_label(self.study, trial.config)}] FAILED: {reason} ({where})", flush=True)
+
+
+def _swept(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "seed"}
+
+
+def _label(study: Study, config: dict) -> str:
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in config.items())
+
+
+def trial_row(study: Study, trial_id: str, config: dict, result: dict) -> dict[str, Any]:
+    """One Parquet row: identity, every swept parameter by its dotted path, seed, metrics."""
+    row = {"study": study.name, "trial_id": trial_id, "status": "ok", "scale": study.scale,
+           "seed": int(config["seed"])}
+    row.update({name: config[name] for name in study.sweep.parameters})
+    row.update({name: result.get(name) for name in ROW_METRICS})
+    row.update(environment())
+    return row
+
+
+def environment() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent,
+                                timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"git_commit": commit, "torch_version": torch.__version__, "ray_version": ray.__version__,
+            "python_version": sys.version.split()[0], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "schema_version": SCHEMA_VERSION}
+
+
+def run_study(study: Study, runs_root: str | Path, address: str | None = None, restart: bool = False,
+              verbose: bool = False) -> tuple[Path, int]:
+    """Run every trial not yet finished; returns the study's run folder and the failed count."""
+    run_dir = Path(runs_root).absolute() / study.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data(study)
+    start_ray(address, verbose)
+    plan = resource_plan(study, ray.cluster_resources())
+    print(f"{plan['trials']} trials, {plan['concurrent_trials']} at a time, "
+          f"{plan['cpus_per_trial']:g} CPU / {plan['gpus_per_trial']:g} GPU each", flush=True)
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, study=study.model_dump(), storage=str(run_dir / "train")),
+        {"CPU": TRIAL_CPU})
+    tune_dir = run_dir / "tune"
+    if not restart and ray.tune.Tuner.can_restore(str(tune_dir)):
+        print(f"resuming {tune_dir} (finished trials are kept; --restart starts over)", flush=True)
+        tuner = ray.tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={**{name: ray.tune.grid_search(values) for name, values in study.sweep.parameters.items()},
+                         "seed": ray.tune.grid_search(study.seeds)},
+            tune_config=ray.tune.TuneConfig(max_concurrent_trials=plan["concurrent_trials"]),
+            run_config=ray.tune.RunConfig(
+                name="tune", storage_path=str(run_dir), verbose=0,
+                failure_config=ray.tune.FailureConfig(max_failures=1),
+                callbacks=[TrialRecorder(study, run_dir, plan["trials"])]),
+        )
+    grid = tuner.fit()
+    done = [r for r in grid if r.error is None and r.metrics.get("stage") == "done"]
+    recorded = set(read_trials(run_dir)["trial_id"]) if (run_dir / TRIALS_FILE).exists() else set()
+    missing = [trial_row(study, r.metrics["trial_id"], r.config, r.metrics)
+               for r in done if r.metrics["trial_id"] not in recorded]
+    if missing:  # a row lost to an interruption between a trial's end and its write lands now
+        upsert_rows(run_dir / TRIALS_FILE, missing)
+    failed = sum(1 for r in grid if r.error is not None)
+    print(f"{len(done)} trials finished, {failed} failed; results: {run_dir / TRIALS_FILE}", flush=True)
+    return run_dir, failed

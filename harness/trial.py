@@ -1,0 +1,113 @@
+"""One trial: a pre-training Ray Train run, then an evaluation Ray Train run from its encoder.
+
+This is the only layer (with harness/sweep.py) that imports Ray; the loops it runs are plain
+functions of (experiment, seed, session)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import ray.tune
+import torch
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from .evaluate import evaluate
+from .pretrain import pretrain
+from .session import Session
+from .study import Experiment, Study
+
+
+TRIAL_CPU = 0.01  # what the Tune trainable itself reserves: it only waits on its Train runs
+
+
+class RayTrainSession(Session):
+    """The loops' session inside a Ray Train worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+
+    @property
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU) when > 1 worker
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def latest_checkpoint(self) -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        return Path(checkpoint.to_directory()) if checkpoint else None
+
+
+def _worker_setup(config: dict) -> tuple[Experiment, int, RayTrainSession]:
+    # Ray sets OMP threads from the CPU share (fractions become 1): size torch's pool ourselves.
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    return Experiment.model_validate(config["experiment"]), config["seed"], RayTrainSession()
+
+
+def pretrain_worker(config: dict) -> None:
+    pretrain(*_worker_setup(config))
+
+
+def evaluate_worker(config: dict) -> None:
+    experiment, seed, session = _worker_setup(config)
+    checkpoint = config.get("checkpoint")
+    directory = ray.train.Checkpoint(checkpoint).to_directory() if checkpoint else None
+    evaluate(experiment, seed, session, directory)
+
+
+def _fit(worker, name: str, study: Study, storage: str, loop_config: dict) -> ray.train.Result:
+    resources = study.resources
+    # The trainable holds TRIAL_CPU; the workers take the rest, so a trial costs exactly
+    # workers x cpus_per_worker and two 1-CPU trials share 2 cores.
+    per_worker = {"CPU": resources.cpus_per_worker - TRIAL_CPU / resources.workers_per_trial}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        worker,
+        train_loop_config={**loop_config, "cpus_per_worker": resources.cpus_per_worker},
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers_per_trial,
+                                               use_gpu=resources.gpus_per_worker > 0,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage,  # named after the trial: relaunching resumes it
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            callbacks=[TuneReportCallback()]),
+    )
+    return trainer.fit()
+
+
+def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
+    """Tune trainable: `params` is one sweep point (dotted paths) plus `seed`."""
+    study_obj = Study.model_validate(study)
+    seed = int(params["seed"])
+    experiment = study_obj.experiment({k: v for k, v in params.items() if k != "seed"})
+    trial_id = ray.tune.get_context().get_trial_id()
+    loop_config = {"experiment": experiment.model_dump(), "seed": seed}
+    started = time.time()
+    summary: dict[str, Any] = {"pretrain_loss": None, "pretrain_loss_curve": [], "pretrain_clips_per_s": None,
+                               "pretrain_time_s": 0.0}
+    checkpoint = None
+    if experiment.pretrain.method == "videomae":
+        result = _fit(pretrain_worker, f"{trial_id}-pretrain", study_obj, storage, loop_config)
+        metrics = result.metrics
+        checkpoint = result.checkpoint.path
+        summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
+                       pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started)
+    eval_started = time.time()
+    result = _fit(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
+                  {**loop_config, "checkpoint": checkpoint})
+    summary.update(eval_top1=result.metrics["top1"], eval_top5=result.metrics["top5"],
+                   eval_train_clips=result.metrics["train_clips"], eval_time_s=time.time() - eval_started,
+                   wall_time_s=time.time() - started, stage="done")
+    ray.tune.report(summary)

@@ -1,0 +1,12 @@
+"""Pure PyTorch VideoMAE: no Ray, no files, no YAML."""
+from .classifier import VideoClassifier, temporal_features
+from .losses import IMAGENET_MEAN, IMAGENET_STD, LOSSES, normalize, unnormalize, unpatchify
+from .masking import STRATEGIES, make_mask
+from .presets import PRESETS, ModelConfig, model_config
+from .videomae import PretrainOutput, VideoEncoder, VideoMAE
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "LOSSES", "PRESETS", "STRATEGIES", "ModelConfig", "PretrainOutput",
+    "VideoClassifier", "VideoEncoder", "VideoMAE", "make_mask", "model_config", "normalize",
+    "temporal_features", "unnormalize", "unpatchify",
+]

@@ -1,0 +1,75 @@
+"""`harness run` at smoke scale through real Ray, then `harness report`, as a user runs them."""
+import json
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+STUDY = REPO / "studies" / "mask_ratio.yaml"
+
+
+def harness(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e")
+    done = harness("run", str(STUDY), "--scale", "smoke", cwd=workdir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return workdir, done.stdout
+
+
+def test_one_row_per_trial_with_every_swept_parameter(smoke_run):
+    workdir, stdout = smoke_run
+    assert "dashboard: http://127.0.0.1:" in stdout and "pretrain epoch 2/2" in stdout
+    trials = pd.read_parquet(workdir / "runs" / "mask_ratio" / "trials.parquet")
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert sorted(trials["pretrain.mask.ratio"]) == [0.5, 0.75, 0.9]
+    assert (trials["status"] == "ok").all() and (trials["seed"] == 0).all()
+    assert trials["pretrain_loss"].between(0, 10).all() and trials["eval_top1"].between(0, 1).all()
+    assert trials["pretrain_loss_curve"].map(len).eq(2).all()
+    assert (trials["wall_time_s"] > 0).all() and (trials["scale"] == "smoke").all()
+
+
+def test_rerun_resumes_without_rerunning_finished_trials(smoke_run):
+    workdir, _ = smoke_run
+    before = pd.read_parquet(workdir / "runs" / "mask_ratio" / "trials.parquet")
+    again = harness("run", str(STUDY), "--scale", "smoke", cwd=workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stdout and "pretrain epoch" not in again.stdout
+    after = pd.read_parquet(workdir / "runs" / "mask_ratio" / "trials.parquet")
+    assert sorted(after["trial_id"]) == sorted(before["trial_id"])
+    assert sorted(after["finished_at"]) == sorted(before["finished_at"])  # rows untouched
+
+
+def test_report_draws_the_rows(smoke_run):
+    workdir, _ = smoke_run
+    done = harness("report", "runs/mask_ratio", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    page = (workdir / "reports" / "mask_ratio.html").read_text()
+    assert "plotly" in page.lower() and "<script src=" not in page  # plotly.js embedded, no network
+    trials = pd.read_parquet(workdir / "runs" / "mask_ratio" / "trials.parquet").sort_values("pretrain.mask.ratio")
+    # The mask-ratio line's points are the rows' eval top-1 (one seed per ratio at smoke scale).
+    plotted = [json.loads(m) for m in re.findall(r'"y":(\[[^\]]*\])', page)]
+    expected = [round(v, 6) for v in trials["eval_top1"]]
+    assert any([round(v, 6) for v in y] == expected for y in plotted)
+    table = (workdir / "reports" / "mask_ratio.md").read_text()
+    assert table.count("\n| 0.") == 3
+
+
+def test_training_loop_and_models_do_not_import_ray():
+    code = ("import sys, harness.pretrain, harness.evaluate, harness.report, harness.cli, models;"
+            "print(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "False", out.stderr
+    for path in (REPO / "models").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import ray|from ray)", text, re.M), path
+        assert "open(" not in text and "yaml" not in text, path

@@ -1,0 +1,25 @@
+import pandas as pd
+import pyarrow.dataset as ds
+
+from harness.report import parameter_figure, summarize
+from harness.results import upsert_rows
+
+
+def test_upsert_replaces_by_trial_and_leaves_no_partial_files(tmp_path):
+    path = tmp_path / "trials.parquet"
+    upsert_rows(path, [{"trial_id": "a", "x": 1.0}, {"trial_id": "b", "x": 2.0}])
+    upsert_rows(path, [{"trial_id": "b", "x": 3.0}, {"trial_id": "c", "x": 4.0}])
+    table = pd.read_parquet(path).sort_values("trial_id")
+    assert table["trial_id"].tolist() == ["a", "b", "c"] and table["x"].tolist() == [1.0, 3.0, 4.0]
+    assert ds.dataset(path).count_rows() == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["trials.parquet"]
+
+
+def test_summary_interval_and_figure_data():
+    trials = pd.DataFrame({"status": "ok", "pretrain.mask.ratio": [0.5, 0.5, 0.5, 0.9, 0.9, 0.9],
+                           "eval_top1": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]})
+    table = summarize(trials, ["pretrain.mask.ratio"])
+    assert table["mean"].round(6).tolist() == [0.3, 0.6] and table["n"].tolist() == [3, 3]
+    assert abs(table["ci95"][0] - 4.303 * 0.1 / 3 ** 0.5) < 1e-6
+    line = parameter_figure(trials, "pretrain.mask.ratio").data[1]
+    assert list(line.x) == [0.5, 0.9] and [round(v, 6) for v in line.y] == [0.3, 0.6]

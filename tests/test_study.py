@@ -1,0 +1,84 @@
+import pytest
+
+from harness.cli import main
+from harness.study import StudyError, load_study
+from harness.sweep import resource_plan, trial_points
+
+from conftest import REPO
+
+MASK_RATIO = REPO / "studies" / "mask_ratio.yaml"
+
+
+def test_the_shipped_study_loads_at_its_scales():
+    cpu = load_study(MASK_RATIO)
+    smoke = load_study(MASK_RATIO, "smoke")
+    assert cpu.scale == "cpu" and smoke.scale == "smoke"
+    assert len(cpu.sweep.parameters["pretrain.mask.ratio"]) >= 3
+    assert len(trial_points(smoke)) == 3 and smoke.pretrain.epochs < cpu.pretrain.epochs
+    assert smoke.experiment({"pretrain.mask.ratio": 0.5}).pretrain.mask.ratio == 0.5
+
+
+BASE = """
+name: t
+pretrain: {source: "synth:motion", epochs: 1}
+sweep: {parameters: {pretrain.mask.ratio: [0.5, 0.9]}}
+"""
+
+BAD = [
+    ("name: t\npretrain: [1, 2\n", "malformed YAML at line"),
+    ("- just\n- a list\n", "must be a mapping"),
+    (BASE + "colour: blue\n", "colour: unknown key"),
+    (BASE + "pretrain: {epochs: many}\n", "pretrain.epochs: Input should be a valid integer"),
+    (BASE + "pretrain: {mask: {ratio: 1.2}}\n", "pretrain.mask.ratio: Input should be less than 1"),
+    (BASE + "pretrain: {mask: {ratio: 0}}\n", "pretrain.mask.ratio: Input should be greater than 0"),
+    (BASE + "pretrain: {mask: {strategy: checkerboard}}\n", "pretrain.mask.strategy: unknown mask strategy"),
+    (BASE + "pretrain: {loss: hinge}\n", "pretrain.loss: unknown loss"),
+    (BASE + "model: {preset: gigantic}\n", "unknown model preset"),
+    (BASE + "pretrain: {source: 'webcam:0'}\n", "pretrain.source: unknown data source"),
+    (BASE + "evaluate: {source: 'folder:/no/such/videos'}\n", "evaluate.source: data path /no/such/videos does not exist"),
+    ("name: t\nsweep: {parameters: {pretrain.mask.ratio: [0.9, 1.5]}}\n", "sweep.parameters.pretrain.mask.ratio: value 1.5"),
+    ("name: t\nsweep: {parameters: {pretrain.colour: [1]}}\n", "sweep.parameters.pretrain.colour"),
+    ("name: 'a b'\n", "name: String should match pattern"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_bad_study_files_name_file_and_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(StudyError) as error:
+        load_study(path)
+    line = str(error.value)
+    assert line.startswith(f"{path}: ") and message in line and "\n" not in line
+
+
+def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.yaml"
+    path.write_text(BASE + "pretrain: {mask: {ratio: 1.2}}\n")
+    assert main(["run", str(path), "--scale", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pretrain.mask.ratio" in err and str(path) in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_undefined_scale_is_an_error(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(BASE)
+    with pytest.raises(StudyError, match="scales.smoke: this study does not define"):
+        load_study(path, "smoke")
+
+
+def test_dry_run_lists_trials(capsys):
+    assert main(["run", str(MASK_RATIO), "--scale", "smoke", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 trials" in out and '"pretrain.mask.ratio": 0.75' in out
+
+
+def test_resource_plan_fits_trials_to_the_cluster(tmp_path):
+    study = load_study(MASK_RATIO, "smoke")
+    assert resource_plan(study, {"CPU": 2})["concurrent_trials"] == 2
+    assert resource_plan(study, {"CPU": 16})["concurrent_trials"] == 16
+    gpu = study.model_copy(update={"resources": study.resources.model_copy(update={"gpus_per_worker": 1})})
+    with pytest.raises(StudyError, match="needs 1 GPUs, the cluster has 0"):
+        resource_plan(gpu, {"CPU": 2})

@@ -10,3 +10,6 @@ __all__ = [
     "VideoClassifier", "VideoEncoder", "VideoMAE", "make_mask", "model_config", "normalize",
     "temporal_features", "unnormalize", "unpatchify",
 ]
+from .convert import config_from_transformers, convert_official, from_transformers  # noqa: E402
+
+__all__ += ["config_from_transformers", "convert_official", "from_transformers"]

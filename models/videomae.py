@@ -71,6 +71,23 @@ class VideoEncoder(nn.Module):
         return self.norm(tokens)
 
 
+class VideoDecoder(nn.Module):
+    """Decoder blocks -> LayerNorm -> Linear to one cube of pixels per token."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.blocks = _blocks(config.decoder_embed_dim, config.decoder_depth, config.decoder_num_heads,
+                              config, drop_path=0.0)
+        self.norm = nn.LayerNorm(config.decoder_embed_dim, eps=config.norm_eps)
+        self.head = nn.Linear(config.decoder_embed_dim, config.patch_dim)
+
+    def forward(self, tokens: torch.Tensor, predict_last: int) -> torch.Tensor:
+        """Predictions for the last `predict_last` tokens (the mask tokens)."""
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens[:, -predict_last:]))
+
+
 @dataclass
 class PretrainOutput:
     loss: torch.Tensor
@@ -80,19 +97,16 @@ class PretrainOutput:
 class VideoMAE(nn.Module):
     """The asymmetric encoder-decoder used for pre-training."""
 
-    def __init__(self, config: ModelConfig, loss: str = "mse"):
+    def __init__(self, config: ModelConfig, loss: str = "mse", final_norm: bool = True):
         super().__init__()
         self.config = config
         self.loss_name = loss
-        self.encoder = VideoEncoder(config)
+        self.encoder = VideoEncoder(config, final_norm=final_norm)
         self.encoder_to_decoder = nn.Linear(config.embed_dim, config.decoder_embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_embed_dim))
         self.register_buffer("decoder_pos_embed", sincos_table(config.num_tokens, config.decoder_embed_dim),
                              persistent=False)
-        self.decoder_blocks = _blocks(config.decoder_embed_dim, config.decoder_depth,
-                                      config.decoder_num_heads, config, drop_path=0.0)
-        self.decoder_norm = nn.LayerNorm(config.decoder_embed_dim, eps=config.norm_eps)
-        self.head = nn.Linear(config.decoder_embed_dim, config.patch_dim)
+        self.decoder = VideoDecoder(config)
         self.apply(_init_weights)
         trunc_normal_(self.mask_token, std=0.02)
 
@@ -108,10 +122,7 @@ class VideoMAE(nn.Module):
         visible_pos = pos[~mask].reshape(batch, -1, dim)
         masked_pos = pos[mask].reshape(batch, -1, dim)
         tokens = torch.cat([visible + visible_pos, self.mask_token.to(visible.dtype) + masked_pos], dim=1)
-        for block in self.decoder_blocks:
-            tokens = block(tokens)
-        masked_count = masked_pos.shape[1]
-        return self.head(self.decoder_norm(tokens[:, -masked_count:]))
+        return self.decoder(tokens, predict_last=masked_pos.shape[1])
 
     def forward_loss(self, video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         return masked_reconstruction_loss(pred, video, mask, self.loss_name,

@@ -1,0 +1,126 @@
+"""Weight import: Hugging Face `transformers` VideoMAE models and the official repository's layout.
+
+Our parameter names follow the official layout (encoder.blocks.N.attn.qkv, decoder.head, ...),
+with one difference: the official q_bias/v_bias pair is one qkv bias here, its k part zero."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .classifier import VideoClassifier
+from .presets import ModelConfig
+from .videomae import VideoMAE
+
+# Hugging Face block parameter -> ours (within one block). q/k/v are fused separately.
+_HF_BLOCK = {
+    "layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+}
+
+
+def config_from_transformers(hf_config: Any) -> ModelConfig:
+    """Our ModelConfig for a `transformers.VideoMAEConfig`."""
+    mlp_ratio = hf_config.intermediate_size / hf_config.hidden_size
+    decoder_ratio = getattr(hf_config, "decoder_intermediate_size", 0) / getattr(hf_config, "decoder_hidden_size", 1)
+    if hasattr(hf_config, "decoder_hidden_size") and abs(mlp_ratio - decoder_ratio) > 1e-9:
+        raise ValueError("encoder and decoder MLP ratios differ; this model uses one ratio for both")
+    if hf_config.hidden_act != "gelu" or not hf_config.qv_bias:
+        raise ValueError("only exact-GELU models with q/v biases are supported")
+    return ModelConfig(
+        img_size=hf_config.image_size, num_frames=hf_config.num_frames, patch_size=hf_config.patch_size,
+        tubelet_size=hf_config.tubelet_size, in_chans=hf_config.num_channels,
+        embed_dim=hf_config.hidden_size, depth=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads, mlp_ratio=mlp_ratio,
+        decoder_embed_dim=hf_config.decoder_hidden_size, decoder_depth=hf_config.decoder_num_hidden_layers,
+        decoder_num_heads=hf_config.decoder_num_attention_heads, norm_eps=hf_config.layer_norm_eps)
+
+
+def _convert_hf_blocks(state: dict[str, torch.Tensor], source: str, target: str) -> dict[str, torch.Tensor]:
+    """Blocks under `source`.N.* (Hugging Face) -> `target`.N.* (ours), fusing q, k, v."""
+    out: dict[str, torch.Tensor] = {}
+    pattern = re.compile(rf"^{re.escape(source)}\.(\d+)\.(.+)\.(weight|bias)$")
+    for key, value in state.items():
+        match = pattern.match(key)
+        if not match:
+            continue
+        index, name, kind = match.groups()
+        prefix = f"{target}.{index}"
+        if name in _HF_BLOCK:
+            out[f"{prefix}.{_HF_BLOCK[name]}.{kind}"] = value
+        elif name == "attention.attention.query":
+            attention = f"{source}.{index}.attention.attention"
+            if kind == "weight":
+                out[f"{prefix}.attn.qkv.weight"] = torch.cat(
+                    [state[f"{attention}.{p}.weight"] for p in ("query", "key", "value")])
+            else:
+                query_bias = state[f"{attention}.query.bias"]
+                out[f"{prefix}.attn.qkv.bias"] = torch.cat(
+                    [query_bias, torch.zeros_like(query_bias), state[f"{attention}.value.bias"]])
+    return out
+
+
+def _convert_hf_encoder(state: dict[str, torch.Tensor], prefix: str = "videomae.") -> dict[str, torch.Tensor]:
+    out = _convert_hf_blocks(state, f"{prefix}encoder.layer", "encoder.blocks")
+    for kind in ("weight", "bias"):
+        out[f"encoder.patch_embed.proj.{kind}"] = state[f"{prefix}embeddings.patch_embeddings.projection.{kind}"]
+        if f"{prefix}layernorm.{kind}" in state:
+            out[f"encoder.norm.{kind}"] = state[f"{prefix}layernorm.{kind}"]
+    return out
+
+
+def _copy_eps(target: nn.LayerNorm, source: nn.LayerNorm | None) -> None:
+    if source is not None:
+        target.eps = source.eps  # transformers keeps torch's 1e-5 on some norms; the reference uses 1e-6
+
+
+def from_transformers(hf_model: nn.Module) -> VideoMAE | VideoClassifier:
+    """Our model with the weights (and numerics) of a `VideoMAEForPreTraining` or
+    `VideoMAEForVideoClassification` (mean pooling) from `transformers`."""
+    config = config_from_transformers(hf_model.config)
+    state = hf_model.state_dict()
+    kind = type(hf_model).__name__
+    if kind == "VideoMAEForPreTraining":
+        model = VideoMAE(config, loss="mse" if hf_model.config.norm_pix_loss else "mse_raw",
+                         final_norm=hf_model.videomae.layernorm is not None)
+        converted = _convert_hf_encoder(state)
+        converted.update(_convert_hf_blocks(state, "decoder.decoder_layers", "decoder.blocks"))
+        for key in ("encoder_to_decoder.weight", "mask_token", "decoder.norm.weight", "decoder.norm.bias",
+                    "decoder.head.weight", "decoder.head.bias"):
+            converted[key] = state[key]
+        _copy_eps(model.decoder.norm, hf_model.decoder.norm)
+    elif kind == "VideoMAEForVideoClassification":
+        if hf_model.fc_norm is None:
+            raise ValueError("only mean-pooling classifiers (use_mean_pooling=True) are supported")
+        model = VideoClassifier(config, num_classes=hf_model.config.num_labels)
+        converted = _convert_hf_encoder(state)
+        for ours, theirs in (("fc_norm", "fc_norm"), ("head", "classifier")):
+            for p in ("weight", "bias"):
+                converted[f"{ours}.{p}"] = state[f"{theirs}.{p}"]
+        _copy_eps(model.fc_norm, hf_model.fc_norm)
+    else:
+        raise ValueError(f"cannot import a {kind}; expected VideoMAEForPreTraining or VideoMAEForVideoClassification")
+    model.load_state_dict(converted)
+    return model
+
+
+def convert_official(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A state dict in the official repository's layout (pre-training or fine-tuning) -> ours.
+
+    Accepts the raw checkpoint ({"model": ...} or {"module": ...}) or its state dict."""
+    state = checkpoint.get("model", checkpoint.get("module", checkpoint))
+    out: dict[str, torch.Tensor] = {}
+    finetune = not any(k.startswith("encoder.") for k in state)
+    for key, value in state.items():
+        if key.endswith("pos_embed"):
+            continue  # fixed sin-cos tables are rebuilt, not loaded
+        name = f"encoder.{key}" if finetune and key.startswith(("patch_embed.", "blocks.", "norm.")) else key
+        if name.endswith("attn.q_bias"):
+            base = name.removesuffix("q_bias")
+            value_bias = state[key.removesuffix("q_bias") + "v_bias"]
+            out[base + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), value_bias])
+        elif not name.endswith("attn.v_bias"):
+            out[name] = value
+    return out

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .presets import ModelConfig
-from .videomae import VideoEncoder
+from .videomae import VideoEncoder, VideoMAE
 
 
 def temporal_features(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -31,5 +31,38 @@ class VideoClassifier(nn.Module):
         with torch.no_grad():
             self.head.weight.mul_(head_init_scale)
 
+    @classmethod
+    def from_pretrained(cls, pretrained: VideoMAE, num_classes: int, **kwargs) -> "VideoClassifier":
+        """A classifier whose encoder starts from a pre-trained VideoMAE's encoder. As in the
+        reference, the encoder's final norm is not carried over: fc_norm after pooling replaces it."""
+        classifier = cls(pretrained.config, num_classes, **kwargs)
+        encoder_state = {k: v for k, v in pretrained.encoder.state_dict().items() if not k.startswith("norm.")}
+        classifier.encoder.load_state_dict(encoder_state)
+        return classifier
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.encoder(video).mean(dim=1)))
+
+
+def layer_decay_groups(classifier: VideoClassifier, lr: float, weight_decay: float,
+                       layer_decay: float = 0.75) -> list[dict]:
+    """AdamW parameter groups with layer-wise lr decay: scale = decay ** (L + 1 - layer), where the
+    cube embedding is layer 0, block i is layer i + 1 and the head is L + 1. Biases and norms get
+    no weight decay."""
+    depth = classifier.config.depth
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, parameter in classifier.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.startswith("encoder.patch_embed"):
+            layer = 0
+        elif name.startswith("encoder.blocks."):
+            layer = int(name.split(".")[2]) + 1
+        else:
+            layer = depth + 1
+        decay = parameter.ndim > 1 and not name.endswith(".bias")
+        group = groups.setdefault((layer, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0,
+            "lr": lr * layer_decay ** (depth + 1 - layer), "lr_scale": layer_decay ** (depth + 1 - layer)})
+        group["params"].append(parameter)
+    return list(groups.values())

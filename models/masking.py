@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-STRATEGIES = ("tube", "random", "frame")
+STRATEGIES = ("tube", "random", "frame", "running_cell")
 
 
 def _random_choice(batch: int, population: int, count: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -42,7 +42,26 @@ def frame_mask(batch: int, grid: tuple[int, int, int], ratio: float,
     return masked_slots.unsqueeze(2).expand(batch, slots, rows * cols).reshape(batch, -1)
 
 
-GENERATORS = {"tube": tube_mask, "random": random_mask, "frame": frame_mask}
+def running_cell_mask(batch: int, grid: tuple[int, int, int], ratio: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """VideoMAE V2's running cell: in every 2x2 spatial cell, int(4 * ratio) of the 4 positions
+    are masked; the pattern moves one position along the cell per temporal slot."""
+    slots, rows, cols = grid
+    if rows % 2 or cols % 2:
+        raise ValueError(f"running_cell masking needs an even token grid, got {rows}x{cols}")
+    masked_per_cell = int(4 * ratio)
+    if not 0 < masked_per_cell < 4:
+        raise ValueError(f"running_cell masking needs 0.25 <= ratio < 1, got {ratio}")
+    queue = torch.tensor([True] * masked_per_cell + [False] * (4 - masked_per_cell))
+    start = torch.randint(4, (batch, 1, 1), generator=generator)
+    positions = (torch.arange(4).view(1, 1, 4) + start + torch.arange(slots).view(1, slots, 1)) % 4
+    cells = queue[positions].reshape(batch, slots, 1, 2, 1, 2)  # (b, t, cell row, 2, cell col, 2)
+    tiled = cells.expand(batch, slots, rows // 2, 2, cols // 2, 2)
+    return tiled.reshape(batch, slots * rows * cols)
+
+
+GENERATORS = {"tube": tube_mask, "random": random_mask, "frame": frame_mask,
+              "running_cell": running_cell_mask}
 
 
 def make_mask(strategy: str, batch: int, grid: tuple[int, int, int], ratio: float,
@@ -53,3 +72,18 @@ def make_mask(strategy: str, batch: int, grid: tuple[int, int, int], ratio: floa
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"mask ratio must lie in (0, 1), got {ratio}")
     return GENERATORS[strategy](batch, grid, ratio, generator)
+
+
+def decoder_mask(encoder_mask: torch.Tensor, grid: tuple[int, int, int], ratio: float = 0.5,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """VideoMAE V2 dual masking: a running-cell mask for the decoder (True = not reconstructed).
+
+    The loss covers tokens masked for the encoder and kept by the decoder. So that a batch
+    stacks, every sample keeps the same number: rows with more have the surplus dropped at random."""
+    dropped = running_cell_mask(encoder_mask.shape[0], grid, ratio, generator)
+    targets = encoder_mask & ~dropped
+    keep = int(targets.sum(1).min())
+    noise = torch.rand(targets.shape, generator=generator).masked_fill(~targets, 2.0)
+    chosen = noise.argsort(dim=1)[:, :keep]
+    kept = torch.zeros_like(targets).scatter_(1, chosen, True)
+    return ~kept

@@ -113,26 +113,36 @@ class VideoMAE(nn.Module):
     def forward_encoder(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.encoder(video, mask)
 
-    def forward_decoder(self, visible_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Predictions (B, masked, patch_dim) for the masked tokens, in token order."""
+    def forward_decoder(self, visible_tokens: torch.Tensor, mask: torch.Tensor,
+                        targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions (B, targets, patch_dim) for the target tokens (default: all masked), in token order."""
+        targets = mask if targets is None else targets
         batch = visible_tokens.shape[0]
         visible = self.encoder_to_decoder(visible_tokens)
         pos = self.decoder_pos_embed.expand(batch, -1, -1).to(visible.dtype)
         dim = visible.shape[-1]
         visible_pos = pos[~mask].reshape(batch, -1, dim)
-        masked_pos = pos[mask].reshape(batch, -1, dim)
-        tokens = torch.cat([visible + visible_pos, self.mask_token.to(visible.dtype) + masked_pos], dim=1)
-        return self.decoder(tokens, predict_last=masked_pos.shape[1])
+        target_pos = pos[targets].reshape(batch, -1, dim)
+        tokens = torch.cat([visible + visible_pos, self.mask_token.to(visible.dtype) + target_pos], dim=1)
+        return self.decoder(tokens, predict_last=target_pos.shape[1])
 
-    def forward_loss(self, video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        return masked_reconstruction_loss(pred, video, mask, self.loss_name,
+    def forward_loss(self, video: torch.Tensor, targets: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        return masked_reconstruction_loss(pred, video, targets, self.loss_name,
                                           self.config.patch_size, self.config.tubelet_size)
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> PretrainOutput:
-        """Normalized clip (B, C, T, H, W), mask (B, tokens) bool with True = masked."""
-        pred = self.forward_decoder(self.forward_encoder(video, mask), mask)
+    def forward(self, video: torch.Tensor, mask: torch.Tensor,
+                decoder_mask: torch.Tensor | None = None) -> PretrainOutput:
+        """Normalized clip (B, C, T, H, W), mask (B, tokens) bool with True = masked.
+
+        With `decoder_mask` (True = not reconstructed; V2 dual masking), only tokens masked for
+        the encoder and kept by the decoder are predicted and scored."""
+        targets = mask if decoder_mask is None else mask & ~decoder_mask
+        counts = targets.sum(1)
+        if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
+            raise ValueError("every sample needs the same, non-zero number of target tokens")
+        pred = self.forward_decoder(self.forward_encoder(video, mask), mask, targets)
         with torch.autocast(device_type=video.device.type, enabled=False):
-            loss = self.forward_loss(video, mask, pred)
+            loss = self.forward_loss(video, targets, pred)
         return PretrainOutput(loss=loss, pred=pred)
 
 

@@ -1,37 +1,10 @@
 import pytest
 import torch
 
-from models import VideoClassifier, VideoMAE, make_mask, model_config, temporal_features, unpatchify
+from models import VideoClassifier, VideoMAE, layer_decay_groups, make_mask, model_config, temporal_features, unpatchify
 from models.losses import patchify, reconstruction_target
 
 GRID = (8, 4, 4)
-
-
-@pytest.mark.parametrize("strategy", ["tube", "random", "frame"])
-@pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9, 0.95])
-def test_every_sample_masks_the_same_count(strategy, ratio):
-    mask = make_mask(strategy, 6, GRID, ratio, torch.Generator().manual_seed(1))
-    counts = mask.sum(1)
-    assert mask.shape == (6, 128) and (counts == counts[0]).all()
-    slots, rows, cols = GRID
-    expected = {"tube": int(ratio * rows * cols) * slots, "random": int(ratio * 128),
-                "frame": int(ratio * slots) * rows * cols}[strategy]
-    assert counts[0] == expected
-
-
-def test_tube_is_constant_over_time_and_frame_masks_whole_slots():
-    tube = make_mask("tube", 4, GRID, 0.9, torch.Generator().manual_seed(0)).reshape(4, 8, 16)
-    assert (tube == tube[:, :1]).all()
-    frame = make_mask("frame", 4, GRID, 0.875, torch.Generator().manual_seed(0)).reshape(4, 8, 16)
-    assert ((frame.all(dim=2)) | (~frame.any(dim=2))).all()
-    assert (frame.all(dim=2).sum(1) == 7).all()
-
-
-def test_masks_are_deterministic_by_seed():
-    first = make_mask("random", 3, GRID, 0.9, torch.Generator().manual_seed(5))
-    again = make_mask("random", 3, GRID, 0.9, torch.Generator().manual_seed(5))
-    other = make_mask("random", 3, GRID, 0.9, torch.Generator().manual_seed(6))
-    assert torch.equal(first, again) and not torch.equal(first, other)
 
 
 def test_bad_mask_arguments_raise():
@@ -39,6 +12,8 @@ def test_bad_mask_arguments_raise():
         make_mask("checkerboard", 1, GRID, 0.9)
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         make_mask("tube", 1, GRID, 1.0)
+    with pytest.raises(ValueError, match="even token grid"):
+        make_mask("running_cell", 1, (8, 3, 3), 0.5)
 
 
 def test_patchify_round_trips_and_target_is_normalized_per_cube():
@@ -96,3 +71,35 @@ def test_classifier_and_temporal_features_shapes():
     features = temporal_features(tokens, GRID)
     assert features.shape == (2, 8 * 4)
     assert torch.equal(features[:, :4], tokens[:, :16].mean(1))  # first slot first: order kept
+
+
+def test_classifier_from_pretrained_encoder_and_layer_decay_groups():
+    config = model_config("tiny")
+    pretrained = VideoMAE(config)
+    classifier = VideoClassifier.from_pretrained(pretrained, num_classes=4)
+    for key, value in classifier.encoder.state_dict().items():
+        assert torch.equal(value, pretrained.encoder.state_dict()[key])
+    groups = layer_decay_groups(classifier, lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    assert sum(len(g["params"]) for g in groups) == len(list(classifier.parameters()))
+    by_scale = {round(g["lr_scale"], 6) for g in groups}
+    assert by_scale == {round(0.75 ** k, 6) for k in range(config.depth + 2)}
+    head = [g for g in groups if any(p is classifier.head.weight for p in g["params"])][0]
+    embed = [g for g in groups if any(p is classifier.encoder.patch_embed.proj.weight for p in g["params"])][0]
+    assert head["lr"] == 1e-3 and abs(embed["lr"] - 1e-3 * 0.75 ** 5) < 1e-12
+    assert all(g["weight_decay"] == 0 for g in groups if any(p.ndim == 1 for p in g["params"]))
+
+
+def test_reconstruction_keeps_visible_cubes_and_fills_masked_ones():
+    from models import reconstruct
+    torch.manual_seed(0)
+    config = model_config("tiny")
+    model = VideoMAE(config).eval()
+    video = torch.randn(1, 3, 16, 32, 32)
+    mask = make_mask("tube", 1, config.grid, 0.75, torch.Generator().manual_seed(0))
+    views = reconstruct(model, video, mask)
+    assert all(v.shape == video.shape and v.min() >= 0 and v.max() <= 1 for v in views.values())
+    visible = ~mask.reshape(1, 8, 4, 4)[0, 0]  # first slot's visible patches
+    row, col = [int(i) for i in visible.nonzero()[0]]
+    patch = (slice(None), slice(None), slice(0, 2), slice(row * 8, row * 8 + 8), slice(col * 8, col * 8 + 8))
+    assert torch.equal(views["reconstruction"][patch], views["original"][patch])
+    assert not torch.equal(views["reconstruction"], views["original"])

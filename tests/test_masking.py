@@ -1,0 +1,63 @@
+"""Property tests of the mask generators (hypothesis)."""
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models import decoder_mask, make_mask
+
+grids = st.tuples(st.integers(1, 8), st.integers(1, 7).map(lambda n: 2 * n), st.integers(1, 7).map(lambda n: 2 * n))
+ratios = st.floats(0.26, 0.99)
+seeds = st.integers(0, 2**31 - 1)
+batches = st.integers(1, 5)
+settings.register_profile("fast", max_examples=60, deadline=None)
+settings.load_profile("fast")
+
+
+def expected_count(strategy, grid, ratio):
+    slots, rows, cols = grid
+    return {"tube": int(ratio * rows * cols) * slots, "random": int(ratio * slots * rows * cols),
+            "frame": int(ratio * slots) * rows * cols,
+            "running_cell": int(4 * ratio) * slots * rows * cols // 4}[strategy]
+
+
+@given(st.sampled_from(["tube", "random", "frame", "running_cell"]), batches, grids, ratios, seeds)
+def test_exact_count_in_every_sample_and_determinism(strategy, batch, grid, ratio, seed):
+    mask = make_mask(strategy, batch, grid, ratio, torch.Generator().manual_seed(seed))
+    assert mask.dtype == torch.bool and mask.shape == (batch, grid[0] * grid[1] * grid[2])
+    assert (mask.sum(1) == expected_count(strategy, grid, ratio)).all()
+    again = make_mask(strategy, batch, grid, ratio, torch.Generator().manual_seed(seed))
+    assert torch.equal(mask, again)
+
+
+@given(batches, grids, ratios, seeds)
+def test_tube_is_constant_over_time(batch, grid, ratio, seed):
+    mask = make_mask("tube", batch, grid, ratio, torch.Generator().manual_seed(seed)).reshape(batch, grid[0], -1)
+    assert (mask == mask[:, :1]).all()
+
+
+@given(batches, grids, ratios, seeds)
+def test_frame_masks_whole_temporal_slots(batch, grid, ratio, seed):
+    mask = make_mask("frame", batch, grid, ratio, torch.Generator().manual_seed(seed)).reshape(batch, grid[0], -1)
+    assert (mask.all(dim=2) | ~mask.any(dim=2)).all()
+
+
+@given(batches, grids, ratios, seeds)
+def test_running_cell_shifts_one_position_per_slot(batch, grid, ratio, seed):
+    slots, rows, cols = grid
+    mask = make_mask("running_cell", batch, grid, ratio, torch.Generator().manual_seed(seed))
+    cells = mask.reshape(batch, slots, rows // 2, 2, cols // 2, 2).permute(0, 1, 2, 4, 3, 5)
+    cells = cells.reshape(batch, slots, rows // 2, cols // 2, 4)
+    assert (cells == cells[:, :, :1, :1]).all()  # every cell of a slot has one pattern
+    assert (cells.sum(-1) == int(4 * ratio)).all()
+    for t in range(slots - 1):  # the next slot is this slot's pattern moved one place along the cell
+        assert torch.equal(cells[:, t + 1], torch.roll(cells[:, t], shifts=-1, dims=-1))
+
+
+@given(batches, grids, st.floats(0.5, 0.95), seeds)
+def test_dual_masking_targets_are_encoder_masked_and_equal_in_count(batch, grid, ratio, seed):
+    generator = torch.Generator().manual_seed(seed)
+    encoder = make_mask("tube", batch, grid, ratio, generator)
+    dropped = decoder_mask(encoder, grid, 0.5, generator)
+    targets = encoder & ~dropped
+    assert not (targets & ~encoder).any()
+    assert (targets.sum(1) == targets.sum(1)[0]).all()

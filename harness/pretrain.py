@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from models import VideoMAE, make_mask
+from models import VideoMAE, decoder_mask, make_mask
 
 from .data import ClipDataset
 from .session import Session, all_reduce_mean
@@ -83,9 +83,10 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             mask = make_mask(spec.mask.strategy, video.shape[0], grid, spec.mask.ratio, masks)
+            dropped = decoder_mask(mask, grid, spec.decoder_mask.ratio, masks) if spec.decoder_mask else None
             video, mask = video.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             with autocast(experiment.precision, device):
-                loss = model(video, mask).loss
+                loss = model(video, mask, None if dropped is None else dropped.to(device)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if spec.clip_grad:

@@ -60,12 +60,19 @@ class MaskSpec(Strict):
         return value
 
 
+class DecoderMaskSpec(Strict):
+    """VideoMAE V2 dual masking: the decoder reconstructs only a running-cell subset."""
+    strategy: Literal["running_cell"] = "running_cell"
+    ratio: float = Field(0.5, ge=0.25, lt=1)
+
+
 class PretrainSpec(Strict):
     method: Literal["videomae", "scratch"] = "videomae"  # scratch: no pre-training (baseline)
     source: str = "synth:motion"
     clips: int | None = Field(None, ge=1)  # None: the whole train split
     stride: int = Field(1, ge=1)           # temporal stride between sampled frames
     mask: MaskSpec = MaskSpec()
+    decoder_mask: DecoderMaskSpec | None = None  # None: reconstruct every masked token
     loss: str = "mse"
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)      # global, split over the trial's workers

@@ -33,3 +33,12 @@ def test_evaluate_pretrained_and_scratch_encoders(tmp_path):
         assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
         assert metrics["train_clips"] == 48 and metrics["val_clips"] == 24 and metrics["num_classes"] == 8
     assert trained["top1"] != scratch["top1"] or trained["top5"] != scratch["top5"]
+
+
+def test_pretrain_with_running_cell_and_dual_masking(tmp_path):
+    experiment = Experiment.model_validate({**TINY, "pretrain": {
+        "epochs": 1, "batch_size": 16, "mask": {"strategy": "running_cell", "ratio": 0.75},
+        "decoder_mask": {"ratio": 0.5}}})
+    session = Session(tmp_path)
+    pretrain(experiment, seed=0, session=session)
+    assert session.reports[0]["loss"] > 0

@@ -1,8 +1,20 @@
-"""Data sources named in study files -> manifests (path, label, split).
+"""Data sources named in study files -> manifests: a DataFrame of absolute `path`, integer
+`label` and `split` (train | val | test).
 
-`synth:<domain>` (generated and cached on first use), `folder:/root` (one sub-folder per class,
-optionally under train/ and val/), `list:/file` (official `path label` list files, space- or
-comma-separated, paths relative to the list's folder).
+- `synth:<domain>`: generated and cached on first use (harness/synth.py).
+- `folder:DIR`: one sub-folder per class (UCF101/HMDB51 style). Splits come from `train/`,
+  `val/`, `test/` sub-trees, or from split files `train.txt`, `val.txt`, `test.txt` (or .csv) in
+  DIR listing paths relative to DIR (first column; e.g. UCF101's trainlist01.txt renamed);
+  without either, every file is `train`.
+- `list:FILE` or `list:DIR`: the official VideoMAE list files, one `path label` per line,
+  separated by spaces or a comma, no header (a header line is skipped; with more columns the
+  first is the path and the last the label). A DIR holds train/val/test `.csv` or `.txt` lists.
+  The split of a single file is its name (train/val/test), else train.
+- `manifest:FILE`: a CSV or Parquet table with a header: `path`, `label` (integers, or class
+  names mapped to their sorted order) and optionally `split` (default train).
+
+Relative paths are taken from the list's or manifest's folder; append `?root=DIR` to the
+source (`list:/data/ssv2/train.csv?root=/mnt/ssv2/videos`) to read them from DIR instead.
 """
 from __future__ import annotations
 
@@ -14,58 +26,146 @@ import pandas as pd
 from .synth import DOMAINS, SynthParams, ensure_synth
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
+SPLITS = ("train", "val", "test")
+SCHEMES = ("synth", "folder", "list", "manifest")
+COLUMNS = ["path", "label", "split"]
+
+
+class DataError(ValueError):
+    """Data that cannot be used: the message is one line naming the file."""
+
+
+def parse_source(source: str) -> tuple[str, str, str | None]:
+    """`scheme:location[?root=DIR]` -> (scheme, location, root or None)."""
+    scheme, _, rest = source.partition(":")
+    location, _, query = rest.partition("?root=")
+    return scheme, location, query or None
 
 
 def check_source(source: str) -> str | None:
     """A one-line problem with a source string, or None if it can be used."""
-    scheme, _, rest = source.partition(":")
+    scheme, location, root = parse_source(source)
     if scheme == "synth":
-        return None if rest in DOMAINS else f"unknown synthetic domain {rest!r}; choose from {list(DOMAINS)}"
-    if scheme in ("folder", "list"):
-        if not rest:
-            return f"{scheme}: needs a path, e.g. {scheme}:/data/ucf101"
-        if not Path(rest).exists():
-            return f"data path {rest} does not exist"
-        return None
-    return f"unknown data source {source!r}; use synth:<domain>, folder:<dir> or list:<file>"
+        return None if location in DOMAINS else f"unknown synthetic domain {location!r}; choose from {list(DOMAINS)}"
+    if scheme not in SCHEMES:
+        return f"unknown data source {source!r}; use synth:<domain>, folder:<dir>, list:<file> or manifest:<file>"
+    if not location:
+        return f"{scheme}: needs a path, e.g. {scheme}:/data/ucf101"
+    for path in (location, root):
+        if path and not Path(path).exists():
+            return f"data path {path} does not exist"
+    if scheme == "manifest" and Path(location).suffix.lower() not in (".csv", ".parquet"):
+        return f"manifest {location} must be a .csv or .parquet file"
+    return None
 
 
 def resolve_source(source: str, synth: SynthParams | None = None,
                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """The manifest of a source: absolute `path`, integer `label`, `split` (train | val)."""
-    scheme, _, rest = source.partition(":")
+    """The manifest of a source (see the module docstring). Raises DataError on a bad source."""
     problem = check_source(source)
     if problem:
-        raise ValueError(problem)
+        raise DataError(problem)
+    scheme, location, root = parse_source(source)
+    path = Path(location)
     if scheme == "synth":
         params = synth or SynthParams()
-        manifest = ensure_synth(SynthParams(**{**params.__dict__, "domain": rest}), progress=progress)
+        manifest = ensure_synth(SynthParams(**{**params.__dict__, "domain": location}), progress=progress)
         table = pd.read_csv(manifest)
         table["path"] = [str(manifest.parent / p) for p in table["path"]]
         return table
     if scheme == "folder":
-        return _folder_manifest(Path(rest))
-    return _list_manifest(Path(rest))
+        return _folder_manifest(path)
+    if scheme == "list":
+        return _list_manifest(path, Path(root) if root else None)
+    return _table_manifest(path, Path(root) if root else path.parent)
 
 
 def _folder_manifest(root: Path) -> pd.DataFrame:
-    split_roots = {split: root / split for split in ("train", "val") if (root / split).is_dir()}
-    split_roots = split_roots or {"train": root}
-    classes = sorted({d.name for r in split_roots.values() for d in r.iterdir() if d.is_dir()})
-    rows = [(str(f), classes.index(d.name), split)
-            for split, split_root in split_roots.items()
-            for d in sorted(split_root.iterdir()) if d.is_dir()
-            for f in sorted(d.rglob("*")) if f.suffix.lower() in VIDEO_SUFFIXES]
-    return pd.DataFrame(rows, columns=["path", "label", "split"])
-
-
-def _list_manifest(list_file: Path) -> pd.DataFrame:
+    split_roots = {name: root / name for name in SPLITS if (root / name).is_dir()}
+    if split_roots:
+        classes = sorted({d.name for r in split_roots.values() for d in r.iterdir() if d.is_dir()})
+        rows = [(str(f), classes.index(d.name), name) for name, split_root in split_roots.items()
+                for d in sorted(split_root.iterdir()) if d.is_dir() for f in _videos(d)]
+        return pd.DataFrame(rows, columns=COLUMNS)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    split_files = {name: f for name in SPLITS for f in (root / f"{name}.txt", root / f"{name}.csv") if f.is_file()}
+    if not split_files:
+        rows = [(str(f), label, "train") for label, name in enumerate(classes) for f in _videos(root / name)]
+        return pd.DataFrame(rows, columns=COLUMNS)
     rows = []
-    for line in list_file.read_text().splitlines():
-        parts = line.replace(",", " ").split()
-        if len(parts) >= 2:
-            rows.append((str(list_file.parent / parts[0]), int(parts[-1]), "train"))
-    return pd.DataFrame(rows, columns=["path", "label", "split"])
+    for name, split_file in split_files.items():
+        for number, parts in _lines(split_file):
+            relative = Path(parts[0])
+            if relative.parts[0] not in classes:
+                raise DataError(f"{split_file} line {number}: {relative} is not under a class folder of {root}")
+            rows.append((str(root / relative), classes.index(relative.parts[0]), name))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _videos(folder: Path) -> list[Path]:
+    return [f for f in sorted(folder.rglob("*")) if f.suffix.lower() in VIDEO_SUFFIXES]
+
+
+def _lines(list_file: Path) -> list[tuple[int, list[str]]]:
+    """Non-empty lines as (line number, fields), split on a comma if the line has one."""
+    out = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append((number, [p.strip() for p in (line.split(",") if "," in line else line.split())]))
+    return out
+
+
+def _list_manifest(location: Path, root: Path | None) -> pd.DataFrame:
+    if location.is_dir():
+        files = [f for name in SPLITS for f in (location / f"{name}.csv", location / f"{name}.txt") if f.is_file()]
+        if not files:
+            raise DataError(f"list folder {location} holds no train/val/test .csv or .txt list")
+    else:
+        files = [location]
+    tables = [_read_list(f, root or f.parent, f.stem if f.stem in SPLITS else "train") for f in files]
+    return pd.concat(tables, ignore_index=True)
+
+
+def _read_list(list_file: Path, root: Path, split_name: str) -> pd.DataFrame:
+    rows = []
+    for number, parts in _lines(list_file):
+        try:
+            label = int(parts[-1])
+        except ValueError:
+            if not rows and number == 1:
+                continue  # a header line
+            raise DataError(f"{list_file} line {number}: label {parts[-1]!r} is not an integer") from None
+        if len(parts) < 2:
+            raise DataError(f"{list_file} line {number}: expected `path label`")
+        rows.append((str(root / parts[0]), label, split_name))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _table_manifest(location: Path, root: Path) -> pd.DataFrame:
+    table = pd.read_parquet(location) if location.suffix.lower() == ".parquet" else pd.read_csv(location)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise DataError(f"manifest {location} lacks column(s) {sorted(missing)}; needs path, label[, split]")
+    split_column = table["split"].astype(str) if "split" in table else pd.Series(["train"] * len(table))
+    unknown = sorted(set(split_column) - set(SPLITS))
+    if unknown:
+        raise DataError(f"manifest {location}: unknown split {unknown[0]!r}; use {list(SPLITS)}")
+    labels = table["label"]
+    if not pd.api.types.is_integer_dtype(labels):
+        names = sorted(labels.astype(str).unique())
+        labels = labels.astype(str).map({name: i for i, name in enumerate(names)})
+    paths = [str(root / p) for p in table["path"].astype(str)]
+    return pd.DataFrame({"path": paths, "label": labels.astype(int).to_numpy(), "split": split_column.to_numpy()})
+
+
+def check_files(table: pd.DataFrame, source: str = "", show: int = 5) -> None:
+    """Raise DataError naming the first few files of the manifest that do not exist."""
+    missing = [p for p in table["path"] if not Path(p).is_file()]
+    if missing:
+        where = f"{source}: " if source else ""
+        listed = ", ".join(missing[:show]) + (", ..." if len(missing) > show else "")
+        raise DataError(f"{where}{len(missing)} of {len(table)} files in the manifest are missing: {listed}")
 
 
 def stratified_subset(table: pd.DataFrame, count: int | None, seed: int = 0) -> pd.DataFrame:
@@ -79,4 +179,8 @@ def stratified_subset(table: pd.DataFrame, count: int | None, seed: int = 0) -> 
 
 
 def split(table: pd.DataFrame, name: str) -> pd.DataFrame:
-    return table[table["split"] == name].reset_index(drop=True)
+    """The rows of one split; `val` falls back to `test` when a source has no val split."""
+    rows = table[table["split"] == name]
+    if name == "val" and rows.empty:
+        rows = table[table["split"] == "test"]
+    return rows.reset_index(drop=True)

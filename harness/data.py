@@ -1,51 +1,258 @@
-"""One clip dataset over a manifest, decoding with decord."""
+"""One clip dataset over a manifest: decord decoding, temporal sampling, augmentation in torch.
+
+Sampling follows the VideoMAE code. Pre-training: one random window of T frames at stride tau
+per view. Evaluation: `test_clips` temporal views (segment-uniform, TSN style, or evenly spaced
+windows) x `test_crops` spatial views (1: centre, 3: both ends and the centre of the long side).
+Spatial work is done once per view on the whole (T, 3, h, w) uint8 stack, not frame by frame.
+
+Short videos (fewer frames than (T - 1) x tau + 1): the stride is lowered to the largest that
+fits; a video shorter than T frames is looped. Neither is an error.
+
+Bad videos (empty, truncated, not a video, undecodable frames): with on_error="raise" the first
+one stops with one line naming the file; with "skip" each is logged once, remembered in
+`skipped` (path -> reason) and replaced by another clip chosen deterministically, so a batch is
+always full and made of real clips. Missing files are caught before training by
+`sources.check_files`.
+"""
 from __future__ import annotations
 
+import logging
+import os
 import random
+from typing import Callable, Literal, Sequence
 
 import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from models import normalize
+from models import IMAGENET_MEAN, IMAGENET_STD
+
+from .sources import DataError
 
 decord.bridge.set_bridge("native")
+log = logging.getLogger(__name__)
+
+SCALES = (1.0, 0.875, 0.75, 0.66)  # GroupMultiScaleCrop in the VideoMAE code
+MAX_SUBSTITUTES = 20                # consecutive bad clips tolerated before giving up
+OnError = Literal["skip", "raise"]
 
 
+class BadVideo(Exception):
+    """A file that cannot give the requested frames; the message is the one-line reason."""
+
+
+# ----------------------------------------------------------------------------- temporal sampling
+def fit_stride(length: int, num_frames: int, stride: int) -> int:
+    """The largest stride <= `stride` whose window fits in `length` frames (at least 1)."""
+    if num_frames <= 1:
+        return stride
+    return max(1, min(stride, (length - 1) // (num_frames - 1)))
+
+
+def window(start: int, length: int, num_frames: int, stride: int) -> list[int]:
+    """T indices from `start` at `stride`, wrapping around when the video is too short."""
+    return [(start + i * stride) % length for i in range(num_frames)]
+
+
+def random_window(length: int, num_frames: int, stride: int, rng: random.Random) -> list[int]:
+    stride = fit_stride(length, num_frames, stride)
+    span = (num_frames - 1) * stride + 1
+    return window(rng.randint(0, max(0, length - span)), length, num_frames, stride)
+
+
+def spaced_windows(length: int, num_frames: int, stride: int, clips: int) -> list[list[int]]:
+    """`clips` windows with evenly spaced starts (dense sampling, Kinetics-style testing)."""
+    stride = fit_stride(length, num_frames, stride)
+    room = max(0, length - ((num_frames - 1) * stride + 1))
+    starts = [round(room * (k + 0.5) / clips) if clips > 1 else room // 2 for k in range(clips)]
+    return [window(s, length, num_frames, stride) for s in starts]
+
+
+def segment_indices(length: int, num_frames: int, clips: int) -> list[list[int]]:
+    """T equal segments; clip k takes the frame at offset (k + 0.5) / clips in each (TSN-style)."""
+    segment = length / num_frames
+    return [[min(length - 1, int(segment * (i + (k + 0.5) / clips))) for i in range(num_frames)]
+            for k in range(clips)]
+
+
+# ----------------------------------------------------------------------------- spatial transforms
+def multiscale_box(height: int, width: int, size: int, scales: Sequence[float], rng: random.Random,
+                   max_distort: int = 1) -> tuple[int, int, int, int]:
+    """(top, left, h, w) as GroupMultiScaleCrop: sides from base x scales (aspect distorted by at
+    most one step), placed at one of 13 fixed positions."""
+    base = min(height, width)
+    sides = [size if abs(int(base * s) - size) < 3 else int(base * s) for s in scales]
+    pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= max_distort]
+    crop_h, crop_w = rng.choice(pairs)
+    crop_h, crop_w = min(crop_h, height), min(crop_w, width)
+    step_y, step_x = (height - crop_h) // 4, (width - crop_w) // 4
+    spots = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2),
+             (1, 1), (1, 3), (3, 1), (3, 3)]  # (row, col) in quarters of the free room
+    row, col = rng.choice(spots)
+    return row * step_y, col * step_x, crop_h, crop_w
+
+
+def eval_boxes(height: int, width: int, crops: int) -> list[tuple[int, int, int, int]]:
+    """Square boxes of the short side: the centre, or (3 crops) both ends and the centre."""
+    side = min(height, width)
+    spots = [0.5] if crops == 1 else [0.0, 0.5, 1.0]
+    if height > width:
+        return [(round((height - side) * s), 0, side, side) for s in spots]
+    return [(0, round((width - side) * s), side, side) for s in spots]
+
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+
+
+def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool = False
+                ) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, size, size) ImageNet-normalized float, all frames at once.
+
+    Resizing stays in uint8 (torch's antialiased uint8 kernel is several times faster than
+    float); normalization is one fused multiply-add."""
+    top, left, h, w = box
+    clip = frames[:, top:top + h, left:left + w].permute(0, 3, 1, 2)  # T, 3, h, w (a view)
+    if (h, w) != (size, size):
+        clip = F.interpolate(clip, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if flip:
+        clip = clip.flip(-1)
+    video = clip.permute(1, 0, 2, 3).float()
+    return video.mul_(1 / (255 * _STD)).sub_(_MEAN / _STD)
+
+
+# ----------------------------------------------------------------------------- decoding
+def decode(path: str, indices_for: Callable[[int], list[list[int]]]) -> tuple[np.ndarray, list[list[int]]]:
+    """Frames (N, H, W, 3) uint8 for the union of the index lists `indices_for(length)` returns,
+    and those lists re-expressed as rows of the decoded array. Raises BadVideo."""
+    try:
+        reader = decord.VideoReader(path, num_threads=1)
+    except Exception as error:  # decord raises RuntimeError or DECORDError with a long trace
+        raise BadVideo(_open_reason(path, error)) from None
+    length = len(reader)
+    if length < 1:
+        raise BadVideo("holds no video frames")
+    views = indices_for(length)
+    wanted = sorted({i for view in views for i in view})
+    try:
+        frames = reader.get_batch(wanted).asnumpy()
+    except Exception as error:
+        raise BadVideo(f"frames cannot be decoded (corrupt or truncated stream): {_last_line(error)}") from None
+    if frames.shape[0] != len(wanted) or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise BadVideo(f"decoder returned {frames.shape} for {len(wanted)} frames")
+    row = {index: r for r, index in enumerate(wanted)}
+    return frames, [[row[i] for i in view] for view in views]
+
+
+def _open_reason(path: str, error: Exception) -> str:
+    if not os.path.exists(path):
+        return "file is missing"
+    if os.path.getsize(path) == 0:
+        return "empty file (0 bytes)"
+    return f"cannot be opened as a video (not a video, or truncated): {_last_line(error)}"
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:200]
+
+
+# ----------------------------------------------------------------------------- the dataset
 class ClipDataset(Dataset):
-    """(video (C, T, H, W) ImageNet-normalized float, label) per manifest row.
+    """(video, label) per manifest row; video is (C, T, H, W), or (V, C, T, H, W) with V > 1 views.
 
-    `train`: one random window of `num_frames` at `stride` per epoch (reseeded by set_epoch).
-    Otherwise: `num_frames` indices spread uniformly over the whole video (segment sampling)."""
+    train=True: `num_sample` views per decode, each a random window of `num_frames` at `stride`
+    with its own multi-scale crop (and flip if `flip`); new windows each epoch (set_epoch).
+    train=False: `test_clips` x `test_crops` views; `sampling` "segment" (TSN) or "window"."""
 
-    def __init__(self, paths: list[str], labels: list[int], num_frames: int, size: int,
-                 stride: int = 1, train: bool = True, seed: int = 0):
-        self.paths, self.labels = list(paths), list(labels)
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], num_frames: int, size: int,
+                 stride: int = 1, train: bool = True, seed: int = 0, *, num_sample: int = 1,
+                 scales: Sequence[float] = SCALES, flip: bool = False, test_clips: int = 1,
+                 test_crops: int = 1, sampling: Literal["segment", "window"] = "segment",
+                 on_error: OnError = "skip"):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be skip or raise, not {on_error!r}")
+        if test_crops not in (1, 3):
+            raise ValueError("test_crops must be 1 or 3")
+        self.paths, self.labels = [str(p) for p in paths], [int(v) for v in labels]
         self.num_frames, self.size, self.stride = num_frames, size, stride
         self.train, self.seed, self.epoch = train, seed, 0
+        self.num_sample, self.scales, self.flip = num_sample, tuple(scales), flip
+        self.test_clips, self.test_crops, self.sampling = test_clips, test_crops, sampling
+        self.on_error = on_error
+        self.skipped: dict[str, str] = {}  # path -> reason, in this process
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def views(self) -> int:
+        return self.num_sample if self.train else self.test_clips * self.test_crops
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def frame_indices(self, length: int, index: int) -> list[int]:
-        if not self.train:
-            return np.linspace(0, length - 1, self.num_frames).round().astype(int).tolist()
-        span = (self.num_frames - 1) * self.stride + 1
-        if span > length:  # too short for this stride: loop the video
-            return [(i * self.stride) % length for i in range(self.num_frames)]
-        start = random.Random(hash((self.seed, self.epoch, index))).randint(0, length - span)
-        return list(range(start, start + span, self.stride))
+    def _rng(self, index: int) -> random.Random:
+        return random.Random(hash((self.seed, self.epoch, index)))  # int tuples hash stably
+
+    def frame_indices(self, length: int, index: int) -> list[list[int]]:
+        """One index list per temporal view of item `index` for a video of `length` frames."""
+        if self.train:
+            rng = self._rng(index)
+            return [random_window(length, self.num_frames, self.stride, rng) for _ in range(self.num_sample)]
+        if self.sampling == "window":
+            return spaced_windows(length, self.num_frames, self.stride, self.test_clips)
+        return segment_indices(length, self.num_frames, self.test_clips)
+
+    def load(self, index: int) -> torch.Tensor:
+        """The views of item `index` (V, C, T, size, size); raises BadVideo."""
+        frames, views = decode(self.paths[index], lambda length: self.frame_indices(length, index))
+        frames = torch.from_numpy(frames)
+        height, width = frames.shape[1:3]
+        out = []
+        if self.train:
+            rng = random.Random(hash((self.seed, self.epoch, index, "space")))
+            for rows in views:
+                box = multiscale_box(height, width, self.size, self.scales, rng)
+                out.append(crop_resize(frames[rows], box, self.size, self.flip and rng.random() < 0.5))
+        else:
+            boxes = eval_boxes(height, width, self.test_crops)
+            out = [crop_resize(frames[rows], box, self.size) for rows in views for box in boxes]
+        return torch.stack(out)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        reader = decord.VideoReader(self.paths[index], num_threads=1)
-        frames = reader.get_batch(self.frame_indices(len(reader), index)).asnumpy()
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(255)  # C, T, H, W
-        if video.shape[-1] != self.size or video.shape[-2] != self.size:
-            video = F.interpolate(video, size=(self.size, self.size), mode="bilinear", antialias=True,
-                                  align_corners=False)
-        return normalize(video.unsqueeze(0))[0], self.labels[index]
+        for attempt in range(MAX_SUBSTITUTES):
+            candidate = index if attempt == 0 else self._substitute(index, attempt)
+            if self.paths[candidate] in self.skipped:
+                continue
+            try:
+                video = self.load(candidate)
+            except BadVideo as error:
+                self._bad(candidate, str(error))
+                continue
+            return (video[0] if self.views == 1 else video), self.labels[candidate]
+        raise DataError(f"{MAX_SUBSTITUTES} clips in a row could not be read near item {index} "
+                        f"({len(self.skipped)} bad files so far, e.g. {next(iter(self.skipped), '?')})")
+
+    def _substitute(self, index: int, attempt: int) -> int:
+        # Deterministic in (seed, index, attempt) only, so a rerun reads the same stand-in.
+        return random.Random(hash((self.seed, index, attempt, "substitute"))).randrange(len(self.paths))
+
+    def _bad(self, index: int, reason: str) -> None:
+        path = self.paths[index]
+        if self.on_error == "raise":
+            raise DataError(f"bad video {path}: {reason}")
+        self.skipped[path] = reason
+        log.warning("skipping bad video %s: %s", path, reason)
+
+
+def collate_views(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack items; multi-view items (V, C, T, H, W) are flattened to V clips with one label each
+    (VideoMAE V2's num_sample: several augmented clips per decoded video)."""
+    videos, labels = default_collate(batch)
+    if videos.dim() == 6:
+        views = videos.shape[1]
+        return videos.flatten(0, 1), labels.repeat_interleave(views)
+    return videos, labels

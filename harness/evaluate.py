@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, Subset
 from models import VideoEncoder, temporal_features
 
 from .data import ClipDataset
-from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model
+from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, skipped_files
 from .session import Session, all_gather
-from .sources import resolve_source, split, stratified_subset
+from .sources import DataError, check_files, resolve_source, split, stratified_subset
 from .study import Experiment
 
 
@@ -35,9 +35,11 @@ def extract_features(encoder: VideoEncoder, dataset: ClipDataset, session: Sessi
     shard = Subset(dataset, range(session.rank, len(dataset), session.world_size))
     parts = []
     for video, labels in DataLoader(shard, batch_size=batch_size):
+        views = video.shape[1] if video.dim() == 6 else 1  # several clips/crops: average them
         with autocast(precision, session.device):
-            tokens = encoder(video.to(session.device))
+            tokens = encoder(video.flatten(0, 1).to(session.device) if views > 1 else video.to(session.device))
         pooled = temporal_features(tokens, encoder.config.grid) if pooling == "temporal" else tokens.mean(1)
+        pooled = pooled.view(len(labels), views, -1).mean(1)
         parts += list(zip(pooled.float().cpu(), labels.tolist()))
     parts = all_gather(parts)
     return torch.stack([f for f, _ in parts]), torch.tensor([label for _, label in parts])
@@ -80,19 +82,27 @@ def evaluate(experiment: Experiment, seed: int, session: Session, checkpoint: st
     table = resolve_source(spec.source, experiment.synth_params())
     train_table = stratified_subset(split(table, "train"), spec.train_clips)
     val_table = split(table, "val")
+    if train_table.empty or val_table.empty:
+        raise DataError(f"{spec.source}: evaluation needs a train and a val (or test) split")
     num_classes = int(table["label"].max()) + 1
-    features = {}
+    features, datasets = {}, []
     for name, part in (("train", train_table), ("val", val_table)):
-        dataset = ClipDataset(part["path"], part["label"], config.num_frames, config.img_size, train=False)
-        features[name] = extract_features(encoder, dataset, session, spec.features, spec.batch_size,
+        check_files(part, spec.source)
+        datasets.append(ClipDataset(part["path"], part["label"], config.num_frames, config.img_size,
+                                    stride=experiment.pretrain.stride, train=False,
+                                    test_clips=spec.test_clips, test_crops=spec.test_crops,
+                                    on_error=experiment.on_error))
+        features[name] = extract_features(encoder, datasets[-1], session, spec.features, spec.batch_size,
                                           experiment.precision)
+    skipped = skipped_files(datasets)
     probe = train_probe(*features["train"], num_classes, spec.epochs, spec.lr, spec.weight_decay, seed)
     with torch.no_grad():
         val_x, val_y = features["val"]
         logits = probe(val_x)
     metrics = {"stage": "eval", "protocol": spec.protocol, "top1": topk_accuracy(logits, val_y, 1),
                "top5": topk_accuracy(logits, val_y, 5), "train_clips": len(train_table),
-               "val_clips": len(val_table), "num_classes": num_classes}
+               "val_clips": len(val_table), "num_classes": num_classes,
+               "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
     with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps metrics only with a checkpoint
         if session.rank == 0:
             (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))

@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from models import VideoMAE, decoder_mask, make_mask
 
-from .data import ClipDataset
-from .session import Session, all_reduce_mean
-from .sources import resolve_source, split, stratified_subset
+from .data import ClipDataset, collate_views
+from .session import Session, all_gather, all_reduce_mean
+from .sources import check_files, resolve_source, split, stratified_subset
 from .study import Experiment
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -40,8 +40,15 @@ def pretrain_dataset(experiment: Experiment, seed: int) -> ClipDataset:
     config, spec = experiment.model.build(), experiment.pretrain
     table = split(resolve_source(spec.source, experiment.synth_params()), "train")
     table = stratified_subset(table, spec.clips)
+    check_files(table, spec.source)  # missing files stop the trial before any training
     return ClipDataset(table["path"], table["label"], config.num_frames, config.img_size,
-                       stride=spec.stride, train=True, seed=seed)
+                       stride=spec.stride, train=True, seed=seed, num_sample=spec.num_sample,
+                       scales=spec.scales, flip=spec.flip, on_error=experiment.on_error)
+
+
+def skipped_files(datasets: list[ClipDataset]) -> dict[str, str]:
+    """Bad files any worker skipped (path -> reason), gathered from every worker."""
+    return dict(all_gather(sorted({p: r for d in datasets for p, r in d.skipped.items()}.items())))
 
 
 def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
@@ -50,13 +57,14 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     model = build_pretrain_model(experiment, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),
                                   weight_decay=spec.weight_decay)
-    start_epoch, history = 0, []
+    start_epoch, history, skipped = 0, [], {}
     checkpoint = session.latest_checkpoint()
     if checkpoint:
         state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
+        skipped = state.get("skipped", {})
         if start_epoch >= spec.epochs:  # finished before an interruption: hand back the result
             session.report(state["metrics"], checkpoint if session.rank == 0 else None)
             return
@@ -64,9 +72,11 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     core = getattr(model, "module", model)
 
     dataset = pretrain_dataset(experiment, seed)
+    dataset.skipped.update(skipped)  # known bad files are not decoded (or logged) again
     per_worker_batch = max(1, min(spec.batch_size // session.world_size, len(dataset) // session.world_size))
     sampler = DistributedSampler(dataset, session.world_size, session.rank, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=per_worker_batch, sampler=sampler, drop_last=True)
+    loader = DataLoader(dataset, batch_size=per_worker_batch, sampler=sampler, drop_last=True,
+                        collate_fn=collate_views)
     steps_per_epoch = len(loader)
     total_steps, warmup_steps = spec.epochs * steps_per_epoch, spec.warmup_epochs * steps_per_epoch
     masks = torch.Generator().manual_seed(seed * 1000 + session.rank)
@@ -97,12 +107,14 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
         seconds = time.perf_counter() - started
         epoch_loss = all_reduce_mean(loss_sum / max(clips, 1), device)
         history.append(epoch_loss)
+        skipped = skipped_files([dataset])
         metrics = {"stage": "pretrain", "epoch": epoch + 1, "loss": epoch_loss, "lr": lr,
                    "clips_per_s": clips * session.world_size / seconds, "epoch_time_s": seconds,
-                   "loss_curve": list(history)}
+                   "loss_curve": list(history), "skipped_videos": len(skipped),
+                   "skipped_files": sorted(skipped)}
         with tempfile.TemporaryDirectory() as tmp:
             if session.rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch + 1, "history": history,
+                            "epoch": epoch + 1, "history": history, "skipped": skipped,
                             "metrics": metrics}, Path(tmp) / CHECKPOINT_FILE)
             session.report(metrics, tmp if session.rank == 0 else None)

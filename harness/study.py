@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -43,9 +43,11 @@ class SynthSpec(Strict):
     train_clips: int = Field(512, ge=1)
     val_clips: int = Field(256, ge=1)
     seed: int = 0
-    background: Literal["black", "texture"] = "black"
+    background: Literal["black", "texture", "image"] = "black"  # image: a real video frame
     distractors: int = Field(0, ge=0)
     noise: float = Field(0.0, ge=0, le=1)
+    speed: tuple[float, float] = (0.6, 1.0)  # range of the labelled motion's extent
+    camera: float = Field(0.5, ge=0)        # background pan, pixels per frame
 
 
 class MaskSpec(Strict):
@@ -71,6 +73,9 @@ class PretrainSpec(Strict):
     source: str = "synth:motion"
     clips: int | None = Field(None, ge=1)  # None: the whole train split
     stride: int = Field(1, ge=1)           # temporal stride between sampled frames
+    num_sample: int = Field(1, ge=1)       # augmented clips per decoded video (VideoMAE V2)
+    scales: list[Annotated[float, Field(gt=0, le=1)]] = Field([1.0, 0.875, 0.75, 0.66], min_length=1)
+    flip: bool = False                     # random horizontal flip (off: it swaps left and right)
     mask: MaskSpec = MaskSpec()
     decoder_mask: DecoderMaskSpec | None = None  # None: reconstruct every masked token
     loss: str = "mse"
@@ -99,6 +104,8 @@ class EvaluateSpec(Strict):
     lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-3, ge=0)
     batch_size: int = Field(64, ge=1)      # feature extraction batch
+    test_clips: int = Field(1, ge=1)       # temporal views per video, features averaged
+    test_crops: Literal[1, 3] = 1          # spatial views: centre, or both ends and centre
 
 
 class ResourcesSpec(Strict):
@@ -120,6 +127,7 @@ class Experiment(Strict):
     pretrain: PretrainSpec = PretrainSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
     precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype for the model's matmuls
+    on_error: Literal["skip", "raise"] = "skip"  # bad videos: skip (logged, counted) or stop
 
     @model_validator(mode="after")
     def _valid_model(self) -> "Experiment":

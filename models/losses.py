@@ -35,13 +35,21 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def patchify(video: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B, tokens, tubelet * patch * patch, C), tokens in (t, h, w) order."""
+def cube_pixels(video: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, tokens, C, tubelet * patch * patch), tokens in (t, h, w) order.
+
+    Channel-major cubes: flattened they match a Conv3d weight (D, C, t, p, p), so the cube
+    embedding is a linear map; per-channel statistics reduce over the contiguous last dim."""
     b, c, t, h, w = video.shape
     p, q = patch_size, tubelet_size
     cubes = video.reshape(b, c, t // q, q, h // p, p, w // p, p)
-    cubes = cubes.permute(0, 2, 4, 6, 3, 5, 7, 1)
-    return cubes.reshape(b, (t // q) * (h // p) * (w // p), q * p * p, c)
+    cubes = cubes.permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return cubes.reshape(b, (t // q) * (h // p) * (w // p), c, q * p * p)
+
+
+def patchify(video: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, tokens, tubelet * patch * patch, C): the reference's cube layout."""
+    return cube_pixels(video, patch_size, tubelet_size).transpose(2, 3)
 
 
 def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], patch_size: int,
@@ -55,26 +63,25 @@ def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], patch_size: in
     return video.reshape(b, in_chans, slots * q, rows * p, cols * p)
 
 
-def reconstruction_target(video: torch.Tensor, patch_size: int, tubelet_size: int,
-                          normalize_cubes: bool = True) -> torch.Tensor:
-    """(B, tokens, patch_dim) target from an ImageNet-normalized clip, in fp32.
+def reconstruction_target(cubes: torch.Tensor, normalize_cubes: bool = True) -> torch.Tensor:
+    """Targets (B, K, patch_dim) in fp32 from ImageNet-normalized cubes (B, K, C, P) (cube_pixels).
 
-    With `normalize_cubes`, each cube is normalized per channel over its pixels with the
-    unbiased std + 1e-6, exactly as the reference's normalized-pixel target."""
-    cubes = patchify(unnormalize(video.float()), patch_size, tubelet_size)
+    Pixels are un-normalized first; with `normalize_cubes`, each cube is then normalized per
+    channel over its pixels with the unbiased std + 1e-6, exactly as the reference. Flattened
+    pixel-major, channel-minor, as the reference's '(p0 p1 p2 c)'."""
+    shape = (1, 1, -1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=cubes.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, device=cubes.device).view(shape)
+    pixels = cubes.float() * std + mean
     if normalize_cubes:
-        mean = cubes.mean(dim=-2, keepdim=True)
-        std = cubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-        cubes = (cubes - mean) / (std + 1e-6)
-    return cubes.flatten(2)
+        variance, average = torch.var_mean(pixels, dim=-1, correction=1, keepdim=True)
+        pixels = (pixels - average) / (variance.sqrt() + 1e-6)
+    return pixels.transpose(2, 3).flatten(2)
 
 
-def masked_reconstruction_loss(pred: torch.Tensor, video: torch.Tensor, mask: torch.Tensor,
-                               loss: str, patch_size: int, tubelet_size: int) -> torch.Tensor:
-    """Loss between predictions for the masked tokens (B, masked, patch_dim) and their targets."""
+def reconstruction_loss(pred: torch.Tensor, target_cubes: torch.Tensor, loss: str) -> torch.Tensor:
+    """Loss between predictions (B, K, patch_dim) and the cubes (B, K, C, P) they reconstruct."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
     loss_fn, normalize_cubes = LOSSES[loss]
-    target = reconstruction_target(video, patch_size, tubelet_size, normalize_cubes)
-    target = target[mask].reshape(pred.shape[0], -1, target.shape[-1])
-    return loss_fn(pred.float(), target)
+    return loss_fn(pred.float(), reconstruction_target(target_cubes, normalize_cubes))

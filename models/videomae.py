@@ -2,6 +2,8 @@
 
 Cube embedding -> ViT encoder over the visible tokens only -> bias-free projection to the
 decoder -> decoder over [visible, mask tokens] -> predictions for the masked tokens -> loss.
+Tokens are selected with index gathers of static shape (the same count in every sample), so
+the embedding and the target are computed only for the tokens that need them.
 """
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
+from timm.layers import Attention as TimmAttention
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .losses import masked_reconstruction_loss
+from .losses import cube_pixels, reconstruction_loss
 from .presets import ModelConfig
 
 
@@ -28,16 +32,60 @@ def sincos_table(num_tokens: int, dim: int) -> torch.Tensor:
     return table.float().unsqueeze(0)
 
 
+def selected_ids(selected: torch.Tensor) -> torch.Tensor:
+    """Indices (B, K) of the True entries of a (B, N) bool mask, in token order; K must be equal
+    in every row (checked once here, so the gathers after it have a static shape)."""
+    counts = selected.sum(1)
+    if bool((counts != counts[0]).any()):
+        raise ValueError("every sample needs the same number of selected tokens")
+    order = torch.argsort((~selected).to(torch.uint8), dim=1, stable=True)
+    return order[:, :int(counts[0])]
+
+
+def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """tokens (B, N, ...) at ids (B, K) -> (B, K, ...)."""
+    index = ids.view(*ids.shape, *([1] * (tokens.ndim - 2))).expand(-1, -1, *tokens.shape[2:])
+    return torch.gather(tokens, 1, index)
+
+
 class CubeEmbedding(nn.Module):
-    """Non-overlapping tubelet x patch x patch cubes -> tokens ordered (t, h, w)."""
+    """Non-overlapping tubelet x patch x patch cubes -> tokens. Holds the reference's Conv3d
+    weight; applies it as a linear map to cubes (same result), so that only the visible cubes
+    are embedded."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         kernel = (config.tubelet_size, config.patch_size, config.patch_size)
         self.proj = nn.Conv3d(config.in_chans, config.embed_dim, kernel_size=kernel, stride=kernel)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.proj(video).flatten(2).transpose(1, 2)
+    def forward(self, cubes: torch.Tensor) -> torch.Tensor:
+        """Cubes (B, K, C, t*p*p) from cube_pixels -> tokens (B, K, D)."""
+        return F.linear(cubes.flatten(2), self.proj.weight.flatten(1), self.proj.bias)
+
+
+class Attention(TimmAttention):
+    """timm's attention, with the kernel picked for CPU bf16 autocast: PyTorch's bf16 flash
+    attention backward on CPU is several times slower than fp32's, so short sequences use plain
+    matmuls (which run on AMX) and long ones the fp32 fused kernel. Otherwise: fused SDPA."""
+
+    short_sequence = 512
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("VideoMAE attention is unmasked and non-causal")
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        dropout = self.attn_drop.p if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            if tokens <= self.short_sequence and dropout == 0.0:
+                out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+            else:
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
 
 
 def _blocks(dim: int, depth: int, heads: int, config: ModelConfig, drop_path: float) -> nn.ModuleList:
@@ -46,7 +94,8 @@ def _blocks(dim: int, depth: int, heads: int, config: ModelConfig, drop_path: fl
     rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path]
     norm = partial(nn.LayerNorm, eps=config.norm_eps)
     return nn.ModuleList(
-        Block(dim, heads, mlp_ratio=config.mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=norm)
+        Block(dim, heads, mlp_ratio=config.mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=norm,
+              attn_layer=Attention)
         for rate in rates)
 
 
@@ -63,9 +112,17 @@ class VideoEncoder(nn.Module):
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens (B, visible, D) of a normalized clip (B, C, T, H, W); mask True = dropped."""
-        tokens = self.patch_embed(video) + self.pos_embed.to(video.dtype)
-        if mask is not None:
-            tokens = tokens[~mask].reshape(tokens.shape[0], -1, tokens.shape[-1])
+        cubes = cube_pixels(video, self.config.patch_size, self.config.tubelet_size)
+        visible_ids = None if mask is None else selected_ids(~mask)
+        return self.forward_cubes(cubes, visible_ids)
+
+    def forward_cubes(self, cubes: torch.Tensor, visible_ids: torch.Tensor | None) -> torch.Tensor:
+        """Encode all cubes (B, N, C, P), or only those at visible_ids (B, K)."""
+        pos = self.pos_embed.expand(cubes.shape[0], -1, -1)
+        if visible_ids is not None:
+            cubes, pos = gather_tokens(cubes, visible_ids), gather_tokens(pos, visible_ids)
+        tokens = self.patch_embed(cubes.to(self.patch_embed.proj.weight.dtype))
+        tokens = tokens + pos.to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens)
         return self.norm(tokens)
@@ -91,7 +148,7 @@ class VideoDecoder(nn.Module):
 @dataclass
 class PretrainOutput:
     loss: torch.Tensor
-    pred: torch.Tensor  # (B, masked tokens, patch_dim): predictions for the masked tokens
+    pred: torch.Tensor  # (B, target tokens, patch_dim): predictions, in token order
 
 
 class VideoMAE(nn.Module):
@@ -110,25 +167,20 @@ class VideoMAE(nn.Module):
         self.apply(_init_weights)
         trunc_normal_(self.mask_token, std=0.02)
 
-    def forward_encoder(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(video, mask)
+    def forward_encoder(self, cubes: torch.Tensor, visible_ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_cubes(cubes, visible_ids)
 
-    def forward_decoder(self, visible_tokens: torch.Tensor, mask: torch.Tensor,
-                        targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Predictions (B, targets, patch_dim) for the target tokens (default: all masked), in token order."""
-        targets = mask if targets is None else targets
-        batch = visible_tokens.shape[0]
+    def forward_decoder(self, visible_tokens: torch.Tensor, visible_ids: torch.Tensor,
+                        target_ids: torch.Tensor) -> torch.Tensor:
+        """Predictions (B, targets, patch_dim) for the tokens at target_ids."""
         visible = self.encoder_to_decoder(visible_tokens)
-        pos = self.decoder_pos_embed.expand(batch, -1, -1).to(visible.dtype)
-        dim = visible.shape[-1]
-        visible_pos = pos[~mask].reshape(batch, -1, dim)
-        target_pos = pos[targets].reshape(batch, -1, dim)
-        tokens = torch.cat([visible + visible_pos, self.mask_token.to(visible.dtype) + target_pos], dim=1)
-        return self.decoder(tokens, predict_last=target_pos.shape[1])
+        pos = self.decoder_pos_embed.expand(visible.shape[0], -1, -1).to(visible.dtype)
+        tokens = torch.cat([visible + gather_tokens(pos, visible_ids),
+                            self.mask_token.to(visible.dtype) + gather_tokens(pos, target_ids)], dim=1)
+        return self.decoder(tokens, predict_last=target_ids.shape[1])
 
-    def forward_loss(self, video: torch.Tensor, targets: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        return masked_reconstruction_loss(pred, video, targets, self.loss_name,
-                                          self.config.patch_size, self.config.tubelet_size)
+    def forward_loss(self, cubes: torch.Tensor, target_ids: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        return reconstruction_loss(pred, gather_tokens(cubes, target_ids), self.loss_name)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor,
                 decoder_mask: torch.Tensor | None = None) -> PretrainOutput:
@@ -137,12 +189,13 @@ class VideoMAE(nn.Module):
         With `decoder_mask` (True = not reconstructed; V2 dual masking), only tokens masked for
         the encoder and kept by the decoder are predicted and scored."""
         targets = mask if decoder_mask is None else mask & ~decoder_mask
-        counts = targets.sum(1)
-        if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
-            raise ValueError("every sample needs the same, non-zero number of target tokens")
-        pred = self.forward_decoder(self.forward_encoder(video, mask), mask, targets)
+        visible_ids, target_ids = selected_ids(~mask), selected_ids(targets)
+        if target_ids.shape[1] == 0:
+            raise ValueError("no token to reconstruct: the mask must mask something")
+        cubes = cube_pixels(video, self.config.patch_size, self.config.tubelet_size)
+        pred = self.forward_decoder(self.forward_encoder(cubes, visible_ids), visible_ids, target_ids)
         with torch.autocast(device_type=video.device.type, enabled=False):
-            loss = self.forward_loss(video, targets, pred)
+            loss = self.forward_loss(cubes, target_ids, pred)
         return PretrainOutput(loss=loss, pred=pred)
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models import VideoClassifier, VideoMAE, layer_decay_groups, make_mask, model_config, temporal_features, unpatchify
-from models.losses import patchify, reconstruction_target
+from models.losses import cube_pixels, patchify, reconstruction_target
 
 GRID = (8, 4, 4)
 
@@ -21,7 +21,7 @@ def test_patchify_round_trips_and_target_is_normalized_per_cube():
     cubes = patchify(video, 8, 2)
     assert cubes.shape == (2, 128, 128, 3)
     assert torch.equal(unpatchify(cubes.flatten(2), GRID, 8, 2), video)
-    target = reconstruction_target(video, 8, 2).reshape(2, 128, 128, 3)
+    target = reconstruction_target(cube_pixels(video, 8, 2)).reshape(2, 128, 128, 3)
     assert torch.allclose(target.mean(dim=2), torch.zeros(2, 128, 3), atol=1e-5)
     assert torch.allclose(target.std(dim=2), torch.ones(2, 128, 3), atol=1e-3)
 
@@ -32,7 +32,7 @@ def test_pretrain_forward_predicts_only_masked_tokens_and_learns():
     model = VideoMAE(config)
     video = torch.randn(2, 3, 16, 32, 32)
     mask = make_mask("tube", 2, config.grid, 0.75, torch.Generator().manual_seed(0))
-    assert model.forward_encoder(video, mask).shape == (2, 32, 192)  # visible tokens only
+    assert model.encoder(video, mask).shape == (2, 32, 192)  # visible tokens only
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(15):
@@ -103,3 +103,18 @@ def test_reconstruction_keeps_visible_cubes_and_fills_masked_ones():
     patch = (slice(None), slice(None), slice(0, 2), slice(row * 8, row * 8 + 8), slice(col * 8, col * 8 + 8))
     assert torch.equal(views["reconstruction"][patch], views["original"][patch])
     assert not torch.equal(views["reconstruction"], views["original"])
+
+
+def test_bf16_attention_kernels_agree_with_fp32_sdpa():
+    """Under CPU bf16 autocast short sequences use plain matmuls and long ones fp32 SDPA; both
+    must compute the same attention as the fused fp32 kernel, to bf16 precision."""
+    from models.videomae import Attention
+    torch.manual_seed(0)
+    attention = Attention(64, num_heads=4, qkv_bias=True).eval()
+    for tokens in (16, Attention.short_sequence + 8):
+        x = torch.randn(2, tokens, 64)
+        expected = attention(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = attention(x)
+        assert got.dtype == torch.bfloat16
+        assert torch.allclose(got.float(), expected, atol=0.05, rtol=0.05)

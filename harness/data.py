@@ -1,7 +1,7 @@
 """One clip dataset over a manifest: decord decoding, temporal sampling, augmentation in torch.
 
 Sampling follows the VideoMAE code. Pre-training: one random window of T frames at stride tau
-per view. Evaluation: `test_clips` temporal views (segment-uniform, TSN style, or evenly spaced
+per decode, cropped `num_sample` times (V2). Evaluation: `test_clips` temporal views (segment-uniform, TSN style, or evenly spaced
 windows) x `test_crops` spatial views (1: centre, 3: both ends and the centre of the long side).
 Spatial work is done once per view on the whole (T, 3, h, w) uint8 stack, not frame by frame.
 
@@ -103,24 +103,27 @@ def eval_boxes(height: int, width: int, crops: int) -> list[tuple[int, int, int,
     return [(0, round((width - side) * s), side, side) for s in spots]
 
 
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+_SCALE = 1 / (255 * torch.tensor(IMAGENET_STD).view(3, 1, 1, 1))  # uint8 -> (x / 255 - mean) / std
+_SHIFT = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) / torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
 
 
-def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool = False
-                ) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (3, T, size, size) ImageNet-normalized float, all frames at once.
+def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool = False,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, size, size) ImageNet-normalized float, all frames at once,
+    written into `out` when given (saves a copy when views are stacked).
 
     Resizing stays in uint8 (torch's antialiased uint8 kernel is several times faster than
-    float); normalization is one fused multiply-add."""
+    float); the cast, transpose and normalization are one copy and two in-place passes."""
     top, left, h, w = box
     clip = frames[:, top:top + h, left:left + w].permute(0, 3, 1, 2)  # T, 3, h, w (a view)
     if (h, w) != (size, size):
         clip = F.interpolate(clip, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     if flip:
         clip = clip.flip(-1)
-    video = clip.permute(1, 0, 2, 3).float()
-    return video.mul_(1 / (255 * _STD)).sub_(_MEAN / _STD)
+    if out is None:
+        out = torch.empty(3, clip.shape[0], size, size)
+    out.copy_(clip.permute(1, 0, 2, 3))
+    return out.mul_(_SCALE).add_(_SHIFT)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -163,8 +166,9 @@ def _last_line(error: Exception) -> str:
 class ClipDataset(Dataset):
     """(video, label) per manifest row; video is (C, T, H, W), or (V, C, T, H, W) with V > 1 views.
 
-    train=True: `num_sample` views per decode, each a random window of `num_frames` at `stride`
-    with its own multi-scale crop (and flip if `flip`); new windows each epoch (set_epoch).
+    train=True: one random window of `num_frames` at `stride` per decode, new each epoch
+    (set_epoch), and `num_sample` views of it, each with its own multi-scale crop (and flip if
+    `flip`): VideoMAE V2's repeated augmentation, which halves decoding per clip at num_sample=2.
     train=False: `test_clips` x `test_crops` views; `sampling` "segment" (TSN) or "window"."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], num_frames: int, size: int,
@@ -194,14 +198,14 @@ class ClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _rng(self, index: int) -> random.Random:
-        return random.Random(hash((self.seed, self.epoch, index)))  # int tuples hash stably
+    def _rng(self, index: int, purpose: str, epoch: int | None = None) -> random.Random:
+        # A string seed is hashed with SHA-512: the same in every process (hash() of str is not).
+        return random.Random(f"{purpose}/{self.seed}/{self.epoch if epoch is None else epoch}/{index}")
 
     def frame_indices(self, length: int, index: int) -> list[list[int]]:
         """One index list per temporal view of item `index` for a video of `length` frames."""
-        if self.train:
-            rng = self._rng(index)
-            return [random_window(length, self.num_frames, self.stride, rng) for _ in range(self.num_sample)]
+        if self.train:  # one window per decode; its num_sample views differ in space (as V2)
+            return [random_window(length, self.num_frames, self.stride, self._rng(index, "time"))]
         if self.sampling == "window":
             return spaced_windows(length, self.num_frames, self.stride, self.test_clips)
         return segment_indices(length, self.num_frames, self.test_clips)
@@ -211,16 +215,18 @@ class ClipDataset(Dataset):
         frames, views = decode(self.paths[index], lambda length: self.frame_indices(length, index))
         frames = torch.from_numpy(frames)
         height, width = frames.shape[1:3]
-        out = []
+        out = torch.empty(self.views, 3, self.num_frames, self.size, self.size)
         if self.train:
-            rng = random.Random(hash((self.seed, self.epoch, index, "space")))
-            for rows in views:
+            rng = self._rng(index, "space")
+            clip = _take(frames, views[0])
+            for view in out:
                 box = multiscale_box(height, width, self.size, self.scales, rng)
-                out.append(crop_resize(frames[rows], box, self.size, self.flip and rng.random() < 0.5))
+                crop_resize(clip, box, self.size, self.flip and rng.random() < 0.5, out=view)
         else:
             boxes = eval_boxes(height, width, self.test_crops)
-            out = [crop_resize(frames[rows], box, self.size) for rows in views for box in boxes]
-        return torch.stack(out)
+            for view, (rows, box) in zip(out, [(r, b) for r in views for b in boxes]):
+                crop_resize(_take(frames, rows), box, self.size, out=view)
+        return out
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for attempt in range(MAX_SUBSTITUTES):
@@ -237,8 +243,8 @@ class ClipDataset(Dataset):
                         f"({len(self.skipped)} bad files so far, e.g. {next(iter(self.skipped), '?')})")
 
     def _substitute(self, index: int, attempt: int) -> int:
-        # Deterministic in (seed, index, attempt) only, so a rerun reads the same stand-in.
-        return random.Random(hash((self.seed, index, attempt, "substitute"))).randrange(len(self.paths))
+        # Deterministic in (seed, index, attempt), not the epoch: a bad item always has one stand-in.
+        return self._rng(index, f"substitute{attempt}", epoch=0).randrange(len(self.paths))
 
     def _bad(self, index: int, reason: str) -> None:
         path = self.paths[index]
@@ -246,6 +252,11 @@ class ClipDataset(Dataset):
             raise DataError(f"bad video {path}: {reason}")
         self.skipped[path] = reason
         log.warning("skipping bad video %s: %s", path, reason)
+
+
+def _take(frames: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """frames[rows], without a copy when rows are all the frames in order (the usual case)."""
+    return frames if rows == list(range(len(frames))) else frames[rows]
 
 
 def collate_views(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

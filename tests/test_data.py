@@ -1,5 +1,8 @@
 """Synthetic domains, temporal sampling and augmentation, on real h264 files decoded by decord."""
+import os
 import random
+import subprocess
+import sys
 
 import decord
 import numpy as np
@@ -137,7 +140,7 @@ def test_several_views_per_decode_and_evaluation_views():
     train = ClipDataset([path, path], [1, 2], num_frames=4, size=32, stride=2, num_sample=3, flip=True)
     video, label = train[0]
     assert video.shape == (3, 3, 4, 32, 32) and label == 1
-    assert not torch.equal(video[0], video[1])  # each view has its own window and crop
+    assert not torch.equal(video[0], video[1])  # one decoded window, each view its own crop
     batch, labels = collate_views([train[0], train[1]])
     assert batch.shape == (6, 3, 4, 32, 32) and labels.tolist() == [1, 1, 1, 2, 2, 2]
     test = ClipDataset([path], [0], num_frames=4, size=32, train=False, test_clips=2, test_crops=3)
@@ -147,3 +150,17 @@ def test_several_views_per_decode_and_evaluation_views():
     single = ClipDataset([path], [0], num_frames=4, size=32, train=False)[0][0]
     crops = ClipDataset([path], [0], num_frames=4, size=32, train=False, test_crops=3)[0][0]
     assert single.shape == (3, 4, 32, 32) and torch.equal(single, crops[1])  # the centre crop
+
+
+def test_sampling_is_the_same_in_another_process():
+    """Ray workers and resumed trials are other processes: windows, crops and stand-ins must not
+    depend on Python's per-process string hashing."""
+    setup = "d = ClipDataset(['x'] * 9, [0] * 9, num_frames=4, size=32, stride=3, seed=5); d.set_epoch(2)"
+    draws = "([d.frame_indices(100, i) for i in range(9)], [d._substitute(i, 1) for i in range(9)], d._rng(3, 'space').random())"
+    scope = {"ClipDataset": ClipDataset}
+    exec(setup, scope)
+    here = repr(eval(draws, scope))
+    other = subprocess.run([sys.executable, "-c", f"from harness.data import ClipDataset; {setup}; print(repr({draws}))"],
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(hash("x") % 1000 + 1)}).stdout
+    assert other.strip() == here

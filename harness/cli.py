@@ -12,12 +12,17 @@ from .study import DEFAULT_SCALE, SCALES, StudyError, load_study
 
 def _run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.scale)
-    from .sweep import trial_points  # Ray is imported only when a sweep is really run
+    from .sweep import trial_count, trial_points
 
     if args.dry_run:
-        print(f"study {study.name} at scale {study.scale}: {len(trial_points(study))} trials")
+        print(f"study {study.name} at scale {study.scale}: {trial_count(study)} trials")
         for point in trial_points(study):
             print("  " + json.dumps(point))
+        if study.sweep.method == "optuna":
+            print(f"  drawn by Optuna (TPE, seed {study.sweep.sampler_seed}) to {study.sweep.mode}imize "
+                  f"{study.sweep.metric}, on seed {study.seeds[0]}, from:")
+            for name, values in study.sweep.parameters.items():
+                print(f"    {name}: {values if isinstance(values, list) else values.model_dump()}")
         res = study.resources
         print(f"each trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU, "
               f"{res.gpus_per_worker:g} GPU; pre-train {study.pretrain.epochs} epochs on {study.pretrain.source}, "

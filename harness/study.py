@@ -115,9 +115,37 @@ class ResourcesSpec(Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster fits
 
 
+class Distribution(Strict):
+    """An Optuna search range: uniform float, log-uniform float or integer (both ends included)."""
+    type: Literal["float", "loguniform", "int"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Distribution":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError("a loguniform range needs low > 0")
+        return self
+
+
 class SweepSpec(Strict):
-    method: Literal["grid"] = "grid"
-    parameters: dict[str, list[Any]] = {}  # dotted path -> values
+    """grid: every combination of the listed values x seeds. optuna: `num_samples` trials drawn
+    by Optuna's TPE sampler (seeded) from lists (categorical) and ranges, on the first seed."""
+    method: Literal["grid", "optuna"] = "grid"
+    parameters: dict[str, list[Any] | Distribution] = {}  # dotted path -> values or a range
+    num_samples: int = Field(10, ge=1)    # optuna only
+    sampler_seed: int = 0                 # optuna only
+    metric: str = "eval_top1"             # what optuna optimizes
+    mode: Literal["max", "min"] = "max"
+
+    @model_validator(mode="after")
+    def _grid_takes_lists(self) -> "SweepSpec":
+        ranges = [name for name, values in self.parameters.items() if isinstance(values, Distribution)]
+        if self.method == "grid" and ranges:
+            raise ValueError(f"parameters.{ranges[0]}: a grid sweep takes a list of values; ranges need method: optuna")
+        return self
 
 
 class Experiment(Strict):
@@ -223,6 +251,8 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
 
 def _check_sweep(study: Study, path: Path) -> None:
     for name, values in study.sweep.parameters.items():
+        if isinstance(values, Distribution):
+            values = [int(values.low), int(values.high)] if values.type == "int" else [values.low, values.high]
         if not values:
             raise StudyError(f"{path}: sweep.parameters.{name}: needs at least one value")
         for value in values:
@@ -237,6 +267,6 @@ def _sources(study: Study) -> list[tuple[str, str]]:
     """Every data source the study can use, including swept ones, with its field name."""
     found = [("pretrain.source", study.pretrain.source), ("evaluate.source", study.evaluate.source)]
     for name, values in study.sweep.parameters.items():
-        if name in ("pretrain.source", "evaluate.source"):
+        if name in ("pretrain.source", "evaluate.source") and isinstance(values, list):
             found += [(f"sweep.parameters.{name}", value) for value in values]
     return found

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 import ray.tune
 import torch
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
 from .results import SCHEMA_VERSION, TRIALS_FILE, read_trials, upsert_rows
 from .sources import check_files, resolve_source
@@ -25,10 +27,51 @@ ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "
 
 
 def trial_points(study: Study) -> list[dict[str, Any]]:
-    """Every sweep point x seed, in a stable order."""
+    """Every grid point x seed, in a stable order (an Optuna sweep draws its points as it runs)."""
+    if study.sweep.method == "optuna":
+        return []
     names = list(study.sweep.parameters)
     grid = itertools.product(*(study.sweep.parameters[n] for n in names), study.seeds)
     return [{**dict(zip(names, values[:-1])), "seed": values[-1]} for values in grid]
+
+
+def trial_count(study: Study) -> int:
+    return study.sweep.num_samples if study.sweep.method == "optuna" else len(trial_points(study))
+
+
+def param_space(study: Study) -> dict[str, Any]:
+    """The Tune search space: grid_search lists for a grid; Tune domains for Optuna to sample."""
+    sweep = study.sweep
+    if sweep.method == "grid":
+        return {**{name: ray.tune.grid_search(values) for name, values in sweep.parameters.items()},
+                "seed": ray.tune.grid_search(study.seeds)}
+    space: dict[str, Any] = {"seed": study.seeds[0]}
+    for name, values in sweep.parameters.items():
+        if isinstance(values, list):
+            space[name] = ray.tune.choice(values)
+        elif values.type == "int":
+            space[name] = ray.tune.randint(int(values.low), int(values.high) + 1)
+        else:
+            space[name] = (ray.tune.loguniform if values.type == "loguniform" else ray.tune.uniform)(values.low, values.high)
+    return space
+
+
+class _FinalMetricOptuna(OptunaSearch):
+    """Optuna fed only the final result: per-epoch progress reports carry no eval metric."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
+
+
+def search_algorithm(study: Study) -> OptunaSearch | None:
+    sweep = study.sweep
+    if sweep.method != "optuna":
+        return None
+    # Progress reports lack the metric until the trial's end; Tune would reject them otherwise.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    return _FinalMetricOptuna(metric=sweep.metric, mode=sweep.mode,
+                              sampler=optuna.samplers.TPESampler(seed=sweep.sampler_seed))
 
 
 def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> dict[str, Any]:
@@ -45,7 +88,7 @@ def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> 
     if gpus:
         fits = min(fits, math.floor(have_gpus / gpus))
     concurrent = min(fits, res.max_concurrent_trials or fits)
-    return {"trials": len(trial_points(study)), "cpus_per_trial": cpus, "gpus_per_trial": gpus,
+    return {"trials": trial_count(study), "cpus_per_trial": cpus, "gpus_per_trial": gpus,
             "concurrent_trials": concurrent, "cluster_cpus": have_cpus, "cluster_gpus": have_gpus}
 
 
@@ -151,9 +194,10 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     else:
         tuner = ray.tune.Tuner(
             trainable,
-            param_space={**{name: ray.tune.grid_search(values) for name, values in study.sweep.parameters.items()},
-                         "seed": ray.tune.grid_search(study.seeds)},
-            tune_config=ray.tune.TuneConfig(max_concurrent_trials=plan["concurrent_trials"]),
+            param_space=param_space(study),
+            tune_config=ray.tune.TuneConfig(max_concurrent_trials=plan["concurrent_trials"],
+                                            search_alg=search_algorithm(study),
+                                            num_samples=study.sweep.num_samples if study.sweep.method == "optuna" else 1),
             run_config=ray.tune.RunConfig(
                 name="tune", storage_path=str(run_dir), verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=1),

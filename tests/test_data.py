@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from harness.cli import main
 from harness.data import (SCALES, ClipDataset, collate_views, crop_resize, eval_boxes, fit_stride,
                           multiscale_box, random_window, segment_indices, spaced_windows)
 from harness.synth import MOTIONS, SynthParams, ensure_synth, generate, render_clip
@@ -164,3 +165,13 @@ def test_sampling_is_the_same_in_another_process():
                            capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(hash("x") % 1000 + 1)}).stdout
     assert other.strip() == here
+
+
+def test_harness_data_synth_writes_a_domain_with_its_manifest(tmp_path, capsys):
+    assert main(["data", "synth", "scenes", "--clips", "4", "--val-clips", "2", "--size", "16", "--frames", "4",
+                 "--distractors", "1", "--speed", "0.2", "0.4", "--out", str(tmp_path)]) == 0
+    manifest = pd.read_csv(tmp_path / "manifest.csv")
+    assert len(manifest) == 6 and all((tmp_path / p).stat().st_size > 0 for p in manifest["path"])
+    assert len(decord.VideoReader(str(tmp_path / manifest["path"][0]))) == 4
+    assert main(["data", "synth", "weather", "--out", str(tmp_path)]) == 2
+    assert "unknown domain 'weather'" in capsys.readouterr().err

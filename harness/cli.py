@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
     from .sweep import run_study
 
     run_dir, failed = run_study(study, args.runs, address=args.address, restart=args.restart,
-                                verbose=args.verbose)
+                                verbose=args.verbose, source=args.study)
     print(f"report: harness report {run_dir}")
     return 1 if failed else 0
 
@@ -42,6 +42,20 @@ def _report(args: argparse.Namespace) -> int:
     for run_dir in args.runs:
         html = write_report(Path(run_dir), Path(args.out))
         print(f"wrote {html} and {html.with_suffix('.md')}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .report import status_table
+
+    print(status_table(Path(args.run)))
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from .report import runs_table
+
+    print(runs_table(Path(args.runs)))
     return 0
 
 
@@ -78,6 +92,14 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", help="run folders, e.g. runs/mask_ratio")
     report.add_argument("--out", default="reports", help="output folder (default: ./reports)")
     report.set_defaults(handler=_report)
+
+    status = commands.add_parser("status", help="one study's finished trials, best first")
+    status.add_argument("run", help="a run folder, e.g. runs/mask_ratio")
+    status.set_defaults(handler=_status)
+
+    listing = commands.add_parser("ls", help="the studies under a runs folder")
+    listing.add_argument("runs", nargs="?", default="runs", help="runs folder (default: ./runs)")
+    listing.set_defaults(handler=_ls)
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write a synthetic domain as mp4 files plus manifest.csv")

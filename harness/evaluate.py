@@ -78,7 +78,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 def evaluate(experiment: Experiment, seed: int, session: Session, checkpoint: str | Path | None) -> dict:
     """Linear-probe top-1/top-5 on the evaluation source's val split; reported once."""
     spec, config = experiment.evaluate, experiment.model.build()
-    encoder = session.prepare_model(load_encoder(experiment, seed, checkpoint))
+    encoder = load_encoder(experiment, seed, checkpoint).to(session.device)  # frozen: no DDP wrapper needed
     table = resolve_source(spec.source, experiment.synth_params())
     train_table = stratified_subset(split(table, "train"), spec.train_clips)
     val_table = split(table, "val")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +52,11 @@ def skipped_files(datasets: list[ClipDataset]) -> dict[str, str]:
     return dict(all_gather(sorted({p: r for d in datasets for p, r in d.skipped.items()}.items())))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     """Pre-train and `session.report` once per epoch with a checkpoint; resumes from the latest."""
     spec, device = experiment.pretrain, session.device
@@ -66,8 +72,10 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
         start_epoch, history = state["epoch"], state["history"]
         skipped = state.get("skipped", {})
         if start_epoch >= spec.epochs:  # finished before an interruption: hand back the result
-            session.report(state["metrics"], checkpoint if session.rank == 0 else None)
+            session.report({**state["metrics"], "resumed_from_epoch": start_epoch},
+                           checkpoint if session.rank == 0 else None)
             return
+    resumed_from = start_epoch
     model = session.prepare_model(model)
     core = getattr(model, "module", model)
 
@@ -105,13 +113,13 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
             loss_sum += loss.item() * video.shape[0]
             clips += video.shape[0]
         seconds = time.perf_counter() - started
-        epoch_loss = all_reduce_mean(loss_sum / max(clips, 1), device)
-        history.append(epoch_loss)
+        history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device), "lr": lr,
+                        "clips_per_s": clips * session.world_size / seconds, "epoch_time_s": seconds})
         skipped = skipped_files([dataset])
-        metrics = {"stage": "pretrain", "epoch": epoch + 1, "loss": epoch_loss, "lr": lr,
-                   "clips_per_s": clips * session.world_size / seconds, "epoch_time_s": seconds,
-                   "loss_curve": list(history), "skipped_videos": len(skipped),
-                   "skipped_files": sorted(skipped)}
+        metrics = {"stage": "pretrain", **history[-1], "loss_curve": [h["loss"] for h in history],
+                   "epochs": list(history), "workers": session.world_size, "peak_rss_mb": peak_rss_mb(),
+                   "resumed_from_epoch": resumed_from,
+                   "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
         with tempfile.TemporaryDirectory() as tmp:
             if session.rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),

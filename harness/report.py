@@ -80,12 +80,31 @@ def figures(trials: pd.DataFrame) -> list[go.Figure]:
 
 
 def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: the metric's mean, interval and seeds, mean loss and wall time."""
     by = parameters(trials) or ["study"]
-    table = summarize(trials, by)
-    ok = trials[trials["status"] == "ok"].groupby(by, dropna=False)
-    table["pretrain_loss"] = ok["pretrain_loss"].mean().values
-    table["wall_time_s"] = ok["wall_time_s"].mean().values
+    extra = trials[trials["status"] == "ok"].groupby(by, dropna=False)[["pretrain_loss", "wall_time_s"]].mean()
+    table = summarize(trials, by).merge(extra.reset_index(), on=by, how="left")
     return table.sort_values("mean", ascending=False)
+
+
+def status_table(run_dir: Path) -> str:
+    """`harness status`: how many trials finished, and each configuration, best first."""
+    trials = read_trials(run_dir)
+    header = _header(trials)
+    lines = [f"{header['study']}: {header['trials']} trials recorded ({header['scale']} scale), "
+             f"{header['total trial time']} of trial time"]
+    return "\n".join(lines) + "\n" + summary_table(trials).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def runs_table(runs_root: Path) -> str:
+    """`harness ls`: every study under a runs folder with its trial count and best metric."""
+    lines = []
+    for run_dir in sorted(p for p in runs_root.glob("*") if (p / "trials.parquet").exists()):
+        trials = read_trials(run_dir)
+        ok = trials[trials["status"] == "ok"]
+        best = f"best {METRIC} {ok[METRIC].max():.4f}" if len(ok) else "no finished trial"
+        lines.append(f"{run_dir.name:24s} {len(trials):4d} trials  {best}  last {trials['finished_at'].max()}")
+    return "\n".join(lines) if lines else f"no studies with results under {runs_root}"
 
 
 def _markdown(table: pd.DataFrame) -> str:

@@ -11,19 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import ray
 import ray.tune
 import torch
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from .results import SCHEMA_VERSION, TRIALS_FILE, read_trials, upsert_rows
+from .results import SCHEMA_VERSION, TRIALS_FILE, upsert_rows
 from .sources import check_files, resolve_source
 from .study import Study, StudyError
 from .trial import TRIAL_CPU, run_trial
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
-               "eval_top1", "eval_top5", "eval_train_clips", "eval_time_s", "wall_time_s", "skipped_videos")
+               "eval_top1", "eval_top5", "eval_train_clips", "eval_time_s", "wall_time_s", "skipped_videos",
+               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch")
+EPOCHS_FILE = "epochs.parquet"
 
 
 def trial_points(study: Study) -> list[dict[str, Any]]:
@@ -112,8 +115,9 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
         context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
     else:
         # The dashboard must run: without it Train-inside-Tune leaks placement groups (notes/ray.md).
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=verbose,
-                           runtime_env={"env_vars": env})
+        # address="local": always a new instance, never a cluster that happens to run here.
+        context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                           log_to_driver=verbose, runtime_env={"env_vars": env})
     url = context.dashboard_url
     print(f"Ray {'cluster ' + address if address else 'started locally'}; dashboard: "
           f"{'http://' + url if url else 'not running'}", flush=True)
@@ -133,7 +137,7 @@ class TrialRecorder(Callback):
                   f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)
         elif result.get("stage") == "done":
             self.finished += 1
-            upsert_rows(self.run_dir / TRIALS_FILE, [trial_row(self.study, trial.trial_id, trial.config, result)])
+            record_trial(self.run_dir, self.study, trial.trial_id, trial.config, result)
             print(f"  [{label}] done: eval top-1 {result['eval_top1']:.3f} in {result['wall_time_s']:.0f} s "
                   f"({self.finished}/{self.total} this session)", flush=True)
 
@@ -149,7 +153,26 @@ def _swept(config: dict) -> dict:
 
 
 def _label(study: Study, config: dict) -> str:
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in config.items())
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                    for k, v in config.items())
+
+
+def recorded_trials(run_dir: Path) -> set[str]:
+    path = run_dir / TRIALS_FILE
+    return set(pd.read_parquet(path, columns=["trial_id"])["trial_id"]) if path.exists() else set()
+
+
+def record_trial(run_dir: Path, study: Study, trial_id: str, config: dict, result: dict) -> None:
+    """Write a finished trial's epoch rows, then its trial row (whose presence marks it recorded).
+    A trial already recorded is left as it is: each trial lands exactly once."""
+    if trial_id in recorded_trials(run_dir):
+        return
+    identity = {"study": study.name, "trial_id": trial_id, "seed": int(config["seed"]),
+                **{name: config[name] for name in study.sweep.parameters}}
+    epochs = [{**identity, **epoch} for epoch in result.get("pretrain_epochs") or []]
+    if epochs:
+        upsert_rows(run_dir / EPOCHS_FILE, epochs)
+    upsert_rows(run_dir / TRIALS_FILE, [trial_row(study, trial_id, config, result)])
 
 
 def trial_row(study: Study, trial_id: str, config: dict, result: dict) -> dict[str, Any]:
@@ -175,13 +198,14 @@ def environment() -> dict[str, Any]:
 
 
 def run_study(study: Study, runs_root: str | Path, address: str | None = None, restart: bool = False,
-              verbose: bool = False) -> tuple[Path, int]:
-    """Run every trial not yet finished; returns the study's run folder and the failed count."""
-    run_dir = Path(runs_root).absolute() / study.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+              verbose: bool = False, source: str = "") -> tuple[Path, int]:
+    """Run every trial not yet finished; returns the study's run folder and the failed count.
+    `source` (the study file) prefixes errors found once the cluster is known."""
     prepare_data(study)
     start_ray(address, verbose)
-    plan = resource_plan(study, ray.cluster_resources())
+    plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")
+    run_dir = Path(runs_root).absolute() / study.name  # nothing is written here before the plan fits
+    run_dir.mkdir(parents=True, exist_ok=True)
     print(f"{plan['trials']} trials, {plan['concurrent_trials']} at a time, "
           f"{plan['cpus_per_trial']:g} CPU / {plan['gpus_per_trial']:g} GPU each", flush=True)
     trainable = ray.tune.with_resources(
@@ -205,11 +229,8 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
         )
     grid = tuner.fit()
     done = [r for r in grid if r.error is None and r.metrics.get("stage") == "done"]
-    recorded = set(read_trials(run_dir)["trial_id"]) if (run_dir / TRIALS_FILE).exists() else set()
-    missing = [trial_row(study, r.metrics["trial_id"], r.config, r.metrics)
-               for r in done if r.metrics["trial_id"] not in recorded]
-    if missing:  # a row lost to an interruption between a trial's end and its write lands now
-        upsert_rows(run_dir / TRIALS_FILE, missing)
+    for r in done:  # a row lost to an interruption between a trial's end and its write lands now
+        record_trial(run_dir, study, r.metrics["trial_id"], r.config, r.metrics)
     failed = sum(1 for r in grid if r.error is not None)
     print(f"{len(done)} trials finished, {failed} failed; results: {run_dir / TRIALS_FILE}", flush=True)
     return run_dir, failed

@@ -4,6 +4,8 @@ This is the only layer (with harness/sweep.py) that imports Ray; the loops it ru
 functions of (experiment, seed, session)."""
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -67,9 +69,9 @@ def evaluate_worker(config: dict) -> None:
 
 def _fit(worker, name: str, study: Study, storage: str, loop_config: dict) -> ray.train.Result:
     resources = study.resources
-    # The trainable holds TRIAL_CPU; the workers take the rest, so a trial costs exactly
-    # workers x cpus_per_worker and two 1-CPU trials share 2 cores.
-    per_worker = {"CPU": resources.cpus_per_worker - TRIAL_CPU / resources.workers_per_trial}
+    # The trainable holds TRIAL_CPU on one node; each worker leaves that much room on its own
+    # node, so trials pack exactly (two 1-CPU trials on 2 cores; 2 workers over two 1-CPU nodes).
+    per_worker = {"CPU": resources.cpus_per_worker - TRIAL_CPU}
     if resources.gpus_per_worker:
         per_worker["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
@@ -93,10 +95,15 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
     seed = int(params["seed"])
     experiment = study_obj.experiment({k: v for k, v in params.items() if k != "seed"})
     trial_id = ray.tune.get_context().get_trial_id()
+    finished = Path(storage) / f"{trial_id}.summary.json"
+    if finished.exists():  # it finished, but the driver died before Tune recorded that
+        ray.tune.report(json.loads(finished.read_text()))
+        return
     loop_config = {"experiment": experiment.model_dump(), "seed": seed}
     started = time.time()
     summary: dict[str, Any] = {"pretrain_loss": None, "pretrain_loss_curve": [], "pretrain_clips_per_s": None,
-                               "pretrain_time_s": 0.0}
+                               "pretrain_time_s": 0.0, "pretrain_epochs": [], "peak_rss_mb": None,
+                               "resumed_from_epoch": None}
     checkpoint, skipped = None, set()
     if experiment.pretrain.method == "videomae":
         result = _fit(pretrain_worker, f"{trial_id}-pretrain", study_obj, storage, loop_config)
@@ -104,7 +111,9 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
         checkpoint = result.checkpoint.path
         skipped.update(metrics.get("skipped_files", []))
         summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
-                       pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started)
+                       pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started,
+                       pretrain_epochs=metrics["epochs"], peak_rss_mb=metrics["peak_rss_mb"],
+                       resumed_from_epoch=metrics["resumed_from_epoch"])
     eval_started = time.time()
     result = _fit(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                   {**loop_config, "checkpoint": checkpoint})
@@ -112,4 +121,11 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
     summary.update(eval_top1=result.metrics["top1"], eval_top5=result.metrics["top5"],
                    eval_train_clips=result.metrics["train_clips"], eval_time_s=time.time() - eval_started,
                    wall_time_s=time.time() - started, skipped_videos=len(skipped), stage="done")
+    resources = study_obj.resources
+    summary.update(workers=resources.workers_per_trial,
+                   cpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.cpus_per_worker,
+                   gpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.gpus_per_worker)
+    partial = finished.with_suffix(".partial")
+    partial.write_text(json.dumps(summary))
+    os.replace(partial, finished)
     ray.tune.report(summary)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -115,13 +114,14 @@ def time_case(preset: str, batch: int, precision: str, steps: int, compiled: boo
 
 
 def peak_rss_mb(preset: str, batch: int, precision: str, which: str) -> float:
-    """Max RSS of a fresh process that builds one model and runs 3 steps."""
+    """Peak RSS (VmHWM) of a fresh process that builds one model and runs 3 steps. Not
+    ru_maxrss: Linux carries that over exec, so a child would report this process's peak."""
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r});"
-            "import model_step as m, resource, torch; torch.set_num_threads(2);"
+            "import model_step as m, torch; torch.set_num_threads(2);"
             f"v, k = m.inputs({preset!r}, {batch});"
             f"model = m.hf_model({preset!r}) if {which == 'theirs'} else m.VideoMAE(m.PRESETS[{preset!r}]);"
             f"s = m.stepper(model, {which == 'theirs'}, v, k, {precision!r}); [s() for _ in range(3)];"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1]) / 1024
 

@@ -22,22 +22,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import PRESETS, VideoMAE, from_transformers, make_mask  # noqa: E402
+from models import PRESETS, VideoMAE, config_to_transformers, from_transformers, make_mask  # noqa: E402
 
 
 def hf_model(preset: str):
     import transformers
 
-    ours = PRESETS[preset]
-    config = transformers.VideoMAEConfig(
-        image_size=ours.img_size, patch_size=ours.patch_size, num_channels=3, num_frames=ours.num_frames,
-        tubelet_size=ours.tubelet_size, hidden_size=ours.embed_dim, num_hidden_layers=ours.depth,
-        num_attention_heads=ours.num_heads, intermediate_size=int(ours.embed_dim * ours.mlp_ratio),
-        decoder_hidden_size=ours.decoder_embed_dim, decoder_num_hidden_layers=ours.decoder_depth,
-        decoder_num_attention_heads=ours.decoder_num_heads,
-        decoder_intermediate_size=int(ours.decoder_embed_dim * ours.mlp_ratio), layer_norm_eps=1e-6,
-        use_mean_pooling=False, attn_implementation="sdpa")
     torch.manual_seed(0)
+    config = config_to_transformers(PRESETS[preset], use_mean_pooling=False, attn_implementation="sdpa")
     return transformers.VideoMAEForPreTraining(config)
 
 

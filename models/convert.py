@@ -38,6 +38,22 @@ def config_from_transformers(hf_config: Any) -> ModelConfig:
         decoder_num_heads=hf_config.decoder_num_attention_heads, norm_eps=hf_config.layer_norm_eps)
 
 
+def config_to_transformers(config: ModelConfig, **extra: Any) -> Any:
+    """A `transformers.VideoMAEConfig` of the same shape and numerics (layer-norm eps included),
+    for parity tests and benchmarks. `transformers` is imported only here."""
+    import transformers
+
+    return transformers.VideoMAEConfig(
+        image_size=config.img_size, patch_size=config.patch_size, num_channels=config.in_chans,
+        num_frames=config.num_frames, tubelet_size=config.tubelet_size, hidden_size=config.embed_dim,
+        num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
+        intermediate_size=int(config.embed_dim * config.mlp_ratio),
+        decoder_hidden_size=config.decoder_embed_dim, decoder_num_hidden_layers=config.decoder_depth,
+        decoder_num_attention_heads=config.decoder_num_heads,
+        decoder_intermediate_size=int(config.decoder_embed_dim * config.mlp_ratio),
+        layer_norm_eps=config.norm_eps, **extra)
+
+
 def _convert_hf_blocks(state: dict[str, torch.Tensor], source: str, target: str) -> dict[str, torch.Tensor]:
     """Blocks under `source`.N.* (Hugging Face) -> `target`.N.* (ours), fusing q, k, v."""
     out: dict[str, torch.Tensor] = {}

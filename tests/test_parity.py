@@ -2,21 +2,13 @@
 import pytest
 import torch
 
-from models import PRESETS, convert_official, from_transformers, make_mask
+from models import PRESETS, config_to_transformers, convert_official, from_transformers, make_mask
 
 transformers = pytest.importorskip("transformers")
 
 
 def hf_config(preset: str, **extra):
-    ours = PRESETS[preset]
-    return transformers.VideoMAEConfig(
-        image_size=ours.img_size, patch_size=ours.patch_size, num_channels=3, num_frames=ours.num_frames,
-        tubelet_size=ours.tubelet_size, hidden_size=ours.embed_dim, num_hidden_layers=ours.depth,
-        num_attention_heads=ours.num_heads, intermediate_size=int(ours.embed_dim * ours.mlp_ratio),
-        decoder_hidden_size=ours.decoder_embed_dim, decoder_num_hidden_layers=ours.decoder_depth,
-        decoder_num_attention_heads=ours.decoder_num_heads,
-        decoder_intermediate_size=int(ours.decoder_embed_dim * ours.mlp_ratio), layer_norm_eps=1e-6,
-        attn_implementation="sdpa", **extra)
+    return config_to_transformers(PRESETS[preset], attn_implementation="sdpa", **extra)
 
 
 def randomize_biases(model):

@@ -242,7 +242,7 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
         raise StudyError(_first_error(error, f"{path}: ")) from None
     _check_sweep(study, path)
     if check_paths:
-        for field, source in _sources(study):
+        for field, source in data_sources(study):
             problem = check_source(source)
             if problem:
                 raise StudyError(f"{path}: {field}: {problem}")
@@ -263,7 +263,7 @@ def _check_sweep(study: Study, path: Path) -> None:
                 raise StudyError(f"{path}: sweep.parameters.{name}: value {value!r}: {detail}") from None
 
 
-def _sources(study: Study) -> list[tuple[str, str]]:
+def data_sources(study: Study) -> list[tuple[str, str]]:
     """Every data source the study can use, including swept ones, with its field name."""
     found = [("pretrain.source", study.pretrain.source), ("evaluate.source", study.evaluate.source)]
     for name, values in study.sweep.parameters.items():

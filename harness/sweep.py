@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .results import SCHEMA_VERSION, TRIALS_FILE, upsert_rows
 from .sources import check_files, resolve_source
-from .study import Study, StudyError
+from .study import Study, StudyError, data_sources
 from .trial import TRIAL_CPU, run_trial
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
@@ -98,9 +98,7 @@ def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> 
 def prepare_data(study: Study) -> None:
     """Make every synthetic source the trials will read, once, and check that every file a
     manifest names exists, before any trial starts (DataError lists the first missing ones)."""
-    sources = {(p.get("pretrain.source", study.pretrain.source), p.get("evaluate.source", study.evaluate.source))
-               for p in trial_points(study)}
-    for source in sorted({s for pair in sources for s in pair}):
+    for source in sorted({source for _, source in data_sources(study)}):
         def progress(done: int, total: int, name: str = source) -> None:
             if done == total or done % max(1, total // 10) == 0:
                 print(f"  making {name}: {done}/{total} clips", flush=True)

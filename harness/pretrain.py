@@ -53,8 +53,13 @@ def skipped_files(datasets: list[ClipDataset]) -> dict[str, str]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory. VmHWM where Linux has it: ru_maxrss carries a
+    parent's peak over exec, so a freshly started worker would report its launcher's."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
 def pretrain(experiment: Experiment, seed: int, session: Session) -> None:

@@ -85,7 +85,7 @@ def unfinished_with_checkpoint(run_dir):
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, cluster):
-    study = write_study(tmp_path, "resume", pretrain={"epochs": 12, "batch_size": 16},
+    study = write_study(tmp_path, "resume", pretrain={"epochs": 24, "batch_size": 16},
                         sweep={"parameters": {"pretrain.mask.ratio": [0.5, 0.75, 0.9]}})
     run_dir = tmp_path / "runs" / "resume"
     driver = run(study, cluster, tmp_path, popen=True)
@@ -110,4 +110,4 @@ def test_resume_after_the_driver_is_killed(tmp_path, cluster):
     assert kept.tolist() == before["finished_at"].tolist()  # finished trials were not run again
     assert (after.loc[sorted(interrupted), "resumed_from_epoch"] >= 1).all()  # continued from a checkpoint
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    assert (epochs.groupby("trial_id")["epoch"].apply(sorted).map(list) == [list(range(1, 13))] * 3).all()
+    assert (epochs.groupby("trial_id")["epoch"].apply(sorted).map(list) == [list(range(1, 25))] * 3).all()

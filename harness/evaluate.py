@@ -1,10 +1,12 @@
-"""Evaluation stage: a linear probe on frozen encoder features (pre-trained or scratch)."""
+"""Evaluation stage on an encoder (pre-trained or scratch): a linear probe or k nearest
+neighbours on frozen features, or fine-tuning (harness/finetune.py)."""
 from __future__ import annotations
 
 import json
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
@@ -12,7 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from models import VideoEncoder, temporal_features
 
 from .data import ClipDataset
-from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, skipped_files
+from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, resolved_precision, skipped_files
 from .session import Session, all_gather
 from .sources import DataError, check_files, resolve_source, split, stratified_subset
 from .study import Experiment
@@ -75,36 +77,76 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (logits.topk(k, dim=1).indices == labels.unsqueeze(1)).any(1).float().mean().item()
 
 
-def evaluate(experiment: Experiment, seed: int, session: Session, checkpoint: str | Path | None) -> dict:
-    """Linear-probe top-1/top-5 on the evaluation source's val split; reported once."""
-    spec, config = experiment.evaluate, experiment.model.build()
-    encoder = load_encoder(experiment, seed, checkpoint).to(session.device)  # frozen: no DDP wrapper needed
+def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
+               k: int, temperature: float = 0.07) -> torch.Tensor:
+    """Class scores of each query from its k most cosine-similar training features, each vote
+    weighted by exp(similarity / temperature) (the weighted kNN of Wu et al. 2018 and DINO)."""
+    similarity = F.normalize(query_x, dim=1) @ F.normalize(train_x, dim=1).T
+    top, index = similarity.topk(min(k, len(train_x)), dim=1)
+    votes = F.one_hot(train_y[index], num_classes).float() * (top / temperature).exp().unsqueeze(-1)
+    return votes.sum(1)
+
+
+def labelled_tables(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The evaluation source's labelled train subset, its val split and the class count."""
+    spec = experiment.evaluate
     table = resolve_source(spec.source, experiment.synth_params())
     train_table = stratified_subset(split(table, "train"), spec.train_clips)
     val_table = split(table, "val")
     if train_table.empty or val_table.empty:
         raise DataError(f"{spec.source}: evaluation needs a train and a val (or test) split")
-    num_classes = int(table["label"].max()) + 1
-    features, datasets = {}, []
-    for name, part in (("train", train_table), ("val", val_table)):
+    for part in (train_table, val_table):
         check_files(part, spec.source)
-        datasets.append(ClipDataset(part["path"], part["label"], config.num_frames, config.img_size,
-                                    stride=experiment.pretrain.stride, train=False,
-                                    test_clips=spec.test_clips, test_crops=spec.test_crops,
-                                    on_error=experiment.on_error))
-        features[name] = extract_features(encoder, datasets[-1], session, spec.features, spec.batch_size,
-                                          experiment.precision)
+    return train_table, val_table, int(table["label"].max()) + 1
+
+
+def eval_dataset(experiment: Experiment, table: pd.DataFrame, train: bool, seed: int = 0) -> ClipDataset:
+    """Clips of `table` as evaluation sees them: test views, or (train) fine-tuning augmentation."""
+    config, spec = experiment.model.build(), experiment.evaluate
+    return ClipDataset(table["path"], table["label"], config.num_frames, config.img_size,
+                       stride=experiment.pretrain.stride, train=train, seed=seed,
+                       scales=experiment.pretrain.scales, test_clips=spec.test_clips,
+                       test_crops=spec.test_crops, on_error=experiment.on_error)
+
+
+def final_metrics(experiment: Experiment, logits: torch.Tensor, labels: torch.Tensor, train_clips: int,
+                  num_classes: int, datasets: list[ClipDataset], device: torch.device) -> dict:
     skipped = skipped_files(datasets)
-    probe = train_probe(*features["train"], num_classes, spec.epochs, spec.lr, spec.weight_decay, seed)
-    with torch.no_grad():
-        val_x, val_y = features["val"]
-        logits = probe(val_x)
-    metrics = {"stage": "eval", "protocol": spec.protocol, "top1": topk_accuracy(logits, val_y, 1),
-               "top5": topk_accuracy(logits, val_y, 5), "train_clips": len(train_table),
-               "val_clips": len(val_table), "num_classes": num_classes,
-               "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
-    with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps metrics only with a checkpoint
+    return {"stage": "eval", "protocol": experiment.evaluate.protocol,
+            "precision": resolved_precision(experiment.precision, device), "top1": topk_accuracy(logits, labels, 1),
+            "top5": topk_accuracy(logits, labels, 5), "train_clips": train_clips, "val_clips": len(labels),
+            "num_classes": num_classes, "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
+
+
+def report_final(session: Session, metrics: dict, state: dict | None = None) -> dict:
+    """Report the evaluation's result once, with a checkpoint holding it (Ray Train keeps a
+    run's metrics only with a checkpoint); `state` (e.g. fine-tuned weights) is saved beside."""
+    with tempfile.TemporaryDirectory() as tmp:
         if session.rank == 0:
             (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
+            if state is not None:
+                torch.save(state, Path(tmp) / CHECKPOINT_FILE)
         session.report(metrics, tmp if session.rank == 0 else None)
     return metrics
+
+
+def evaluate(experiment: Experiment, seed: int, session: Session, checkpoint: str | Path | None) -> dict:
+    """Top-1/top-5 on the evaluation source's val split by the study's protocol; reported once."""
+    spec = experiment.evaluate
+    if spec.protocol == "finetune":
+        from .finetune import finetune
+        return finetune(experiment, seed, session, checkpoint)
+    encoder = load_encoder(experiment, seed, checkpoint).to(session.device)  # frozen: no DDP wrapper needed
+    train_table, val_table, num_classes = labelled_tables(experiment)
+    datasets = [eval_dataset(experiment, table, train=False) for table in (train_table, val_table)]
+    (train_x, train_y), (val_x, val_y) = (
+        extract_features(encoder, dataset, session, spec.features, spec.batch_size, experiment.precision)
+        for dataset in datasets)
+    if spec.protocol == "knn":
+        logits = knn_scores(train_x, train_y, val_x, num_classes, spec.knn_k)
+    else:
+        probe = train_probe(train_x, train_y, num_classes, spec.epochs, spec.lr, spec.weight_decay, seed)
+        with torch.no_grad():
+            logits = probe(val_x)
+    return report_final(session, final_metrics(experiment, logits, val_y, len(train_table), num_classes, datasets,
+                                                 session.device))

@@ -1,6 +1,7 @@
 """The pre-training loop: VideoMAE on one data source, checkpoint every epoch, resumable."""
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import tempfile
@@ -20,8 +21,29 @@ from .study import Experiment
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: without them (e.g. an AVX2-only CPU) bf16 matmuls run ~10x slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where the hardware runs it fast (AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_fast_bf16() else "fp32"
+
+
 def autocast(precision: str, device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=resolved_precision(precision, device) == "bf16")
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
@@ -121,8 +143,10 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
         history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device), "lr": lr,
                         "clips_per_s": clips * session.world_size / seconds, "epoch_time_s": seconds})
         skipped = skipped_files([dataset])
-        metrics = {"stage": "pretrain", **history[-1], "loss_curve": [h["loss"] for h in history],
+        metrics = {"stage": "pretrain", **history[-1], "total_epochs": spec.epochs,
+                   "loss_curve": [h["loss"] for h in history],
                    "epochs": list(history), "workers": session.world_size, "peak_rss_mb": peak_rss_mb(),
+                   "precision": resolved_precision(experiment.precision, device),
                    "resumed_from_epoch": resumed_from,
                    "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
         with tempfile.TemporaryDirectory() as tmp:

@@ -95,15 +95,33 @@ class PretrainSpec(Strict):
         return value
 
 
+class FinetuneSpec(Strict):
+    """Fine-tuning recipe (protocol: finetune), the VideoMAE code's minus mixup/cutmix."""
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)      # global, split over the trial's workers
+    lr: float = Field(1e-3, gt=0)          # peak, for the head; layer i gets lr * decay^(L + 1 - i)
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_epochs: int = Field(3, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    layer_decay: float = Field(0.75, gt=0, le=1)
+    drop_path: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    clip_grad: float | None = Field(None, gt=0)
+
+
 class EvaluateSpec(Strict):
     source: str = "synth:motion"
-    protocol: Literal["linear"] = "linear"
-    train_clips: int | None = Field(None, ge=1)  # labelled clips for the probe; None: all
-    features: Literal["temporal", "mean"] = "temporal"  # temporal keeps the order of time slots
-    epochs: int = Field(200, ge=1)         # full-batch steps of the linear probe
-    lr: float = Field(1e-2, gt=0)
-    weight_decay: float = Field(1e-3, ge=0)
-    batch_size: int = Field(64, ge=1)      # feature extraction batch
+    # linear: a probe on frozen features; knn: k nearest neighbours of frozen features (cosine);
+    # finetune: the whole encoder trained with a classifier head (the paper's protocol)
+    protocol: Literal["linear", "knn", "finetune"] = "linear"
+    train_clips: int | None = Field(None, ge=1)  # labelled clips to learn from; None: all
+    features: Literal["temporal", "mean"] = "temporal"  # linear/knn: temporal keeps the slots' order
+    epochs: int = Field(200, ge=1)         # linear: full-batch steps of the probe
+    lr: float = Field(1e-2, gt=0)          # linear
+    weight_decay: float = Field(1e-3, ge=0)  # linear
+    knn_k: int = Field(20, ge=1)           # knn: neighbours that vote
+    finetune: FinetuneSpec = FinetuneSpec()
+    batch_size: int = Field(64, ge=1)      # feature extraction and testing batch
     test_clips: int = Field(1, ge=1)       # temporal views per video, features averaged
     test_crops: Literal[1, 3] = 1          # spatial views: centre, or both ends and centre
 
@@ -154,7 +172,8 @@ class Experiment(Strict):
     synth: SynthSpec = SynthSpec()
     pretrain: PretrainSpec = PretrainSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
-    precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype for the model's matmuls
+    # autocast dtype of the model's matmuls; auto: bf16 where it is fast (AMX CPUs, GPUs), else fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     on_error: Literal["skip", "raise"] = "skip"  # bad videos: skip (logged, counted) or stop
 
     @model_validator(mode="after")

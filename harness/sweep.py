@@ -24,8 +24,8 @@ from .study import Study, StudyError, data_sources
 from .trial import TRIAL_CPU, run_trial
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
-               "eval_top1", "eval_top5", "eval_train_clips", "eval_time_s", "wall_time_s", "skipped_videos",
-               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch")
+               "eval_top1", "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s", "wall_time_s", "skipped_videos",
+               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch", "precision")
 EPOCHS_FILE = "epochs.parquet"
 
 
@@ -129,11 +129,11 @@ class TrialRecorder(Callback):
         self.finished = 0
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        label = _label(self.study, trial.config)
-        if result.get("stage") == "pretrain":
-            print(f"  [{label}] pretrain epoch {result['epoch']}/{self.study.experiment(_swept(trial.config)).pretrain.epochs}"
+        label, stage = _label(self.study, trial.config), result.get("stage")
+        if stage in ("pretrain", "finetune"):
+            print(f"  [{label}] {stage} epoch {result['epoch']}/{result['total_epochs']}"
                   f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)
-        elif result.get("stage") == "done":
+        elif stage == "done":
             self.finished += 1
             record_trial(self.run_dir, self.study, trial.trial_id, trial.config, result)
             print(f"  [{label}] done: eval top-1 {result['eval_top1']:.3f} in {result['wall_time_s']:.0f} s "
@@ -144,10 +144,6 @@ class TrialRecorder(Callback):
         lines = where.read_text().strip().splitlines() if where and where.exists() else []
         reason = lines[-1] if lines else "see the Ray logs"
         print(f"  [{_label(self.study, trial.config)}] FAILED: {reason} ({where})", flush=True)
-
-
-def _swept(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "seed"}
 
 
 def _label(study: Study, config: dict) -> str:

@@ -119,6 +119,8 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
                   {**loop_config, "checkpoint": checkpoint})
     skipped.update(result.metrics.get("skipped_files", []))  # a file bad in both stages counts once
     summary.update(eval_top1=result.metrics["top1"], eval_top5=result.metrics["top5"],
+                   eval_protocol=result.metrics["protocol"], precision=result.metrics["precision"],
+                   finetune_loss_curve=result.metrics.get("finetune_loss_curve", []),
                    eval_train_clips=result.metrics["train_clips"], eval_time_s=time.time() - eval_started,
                    wall_time_s=time.time() - started, skipped_videos=len(skipped), stage="done")
     resources = study_obj.resources

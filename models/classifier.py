@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dataclasses import replace
+
 from .presets import ModelConfig
 from .videomae import VideoEncoder, VideoMAE
 
@@ -32,10 +34,13 @@ class VideoClassifier(nn.Module):
             self.head.weight.mul_(head_init_scale)
 
     @classmethod
-    def from_pretrained(cls, pretrained: VideoMAE, num_classes: int, **kwargs) -> "VideoClassifier":
-        """A classifier whose encoder starts from a pre-trained VideoMAE's encoder. As in the
-        reference, the encoder's final norm is not carried over: fc_norm after pooling replaces it."""
-        classifier = cls(pretrained.config, num_classes, **kwargs)
+    def from_pretrained(cls, pretrained: VideoMAE, num_classes: int, drop_path: float | None = None,
+                        **kwargs) -> "VideoClassifier":
+        """A classifier whose encoder starts from a pre-trained VideoMAE's encoder (with its own
+        stochastic depth rate if `drop_path` is given). As in the reference, the encoder's final
+        norm is not carried over: fc_norm after pooling replaces it."""
+        config = pretrained.config if drop_path is None else replace(pretrained.config, drop_path=drop_path)
+        classifier = cls(config, num_classes, **kwargs)
         encoder_state = {k: v for k, v in pretrained.encoder.state_dict().items() if not k.startswith("norm.")}
         classifier.encoder.load_state_dict(encoder_state)
         return classifier

@@ -42,3 +42,40 @@ def test_pretrain_with_running_cell_and_dual_masking(tmp_path):
     session = Session(tmp_path)
     pretrain(experiment, seed=0, session=session)
     assert session.reports[0]["loss"] > 0
+
+
+def test_knn_and_finetune_protocols_pretrained_and_scratch(tmp_path):
+    experiment = Experiment.model_validate(TINY)
+    session = Session(tmp_path / "pretrain")
+    pretrain(experiment, seed=0, session=session)
+    for protocol in ("knn", "finetune"):
+        spec = Experiment.model_validate({**TINY, "evaluate": {
+            **TINY["evaluate"], "protocol": protocol, "knn_k": 5,
+            "finetune": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1}}})
+        for checkpoint in (session.latest_checkpoint(), None):
+            metrics = evaluate(spec, 0, Session(), checkpoint)
+            assert metrics["protocol"] == protocol and metrics["val_clips"] == 24
+            assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+    assert len(metrics["finetune_loss_curve"]) == 2
+
+
+def test_finetune_reports_each_epoch_and_resumes(tmp_path):
+    recipe = {"epochs": 2, "batch_size": 16, "warmup_epochs": 1}
+    experiment = Experiment.model_validate({**TINY, "evaluate": {**TINY["evaluate"], "protocol": "finetune",
+                                                                  "finetune": recipe}})
+    session = Session(tmp_path)
+    first = evaluate(experiment, 0, session, None)
+    assert [r["stage"] for r in session.reports] == ["finetune", "finetune", "eval"]
+    again = Session(tmp_path)  # a finished evaluation hands back its result without training
+    assert evaluate(experiment, 0, again, None)["top1"] == first["top1"]
+    assert [r["stage"] for r in again.reports] == ["eval"]
+
+
+def test_knn_votes_for_the_nearest_class():
+    import torch
+    from harness.evaluate import knn_scores
+
+    train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    train_y = torch.tensor([0, 0, 1, 1])
+    scores = knn_scores(train_x, train_y, torch.tensor([[1.0, 0.05], [0.05, 1.0]]), num_classes=2, k=2)
+    assert scores.argmax(1).tolist() == [0, 1]

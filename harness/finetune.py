@@ -1,0 +1,112 @@
+"""Fine-tuning protocol: the encoder (pre-trained, or the seed's random init for scratch) with a
+mean-pool + LayerNorm + Linear head, trained end to end on the labelled clips with layer-wise lr
+decay, then tested on the val split with its views' scores averaged. Checkpoints every epoch and
+resumes from the latest, like pre-training."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from models import VideoClassifier, layer_decay_groups
+
+from .data import ClipDataset, collate_views
+from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final
+from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, lr_at
+from .session import Session, all_gather, all_reduce_mean
+from .study import Experiment
+
+
+def build_classifier(experiment: Experiment, seed: int, checkpoint: str | Path | None,
+                     num_classes: int) -> VideoClassifier:
+    """Classifier whose encoder is the pre-trained one (checkpoint) or the seed's initial one."""
+    pretrained = build_pretrain_model(experiment, seed)
+    if checkpoint:
+        state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        pretrained.load_state_dict(state["model"])
+    torch.manual_seed(seed)  # the head's init: the same for pre-trained and scratch
+    return VideoClassifier.from_pretrained(pretrained, num_classes, drop_path=experiment.evaluate.finetune.drop_path)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset: ClipDataset, session: Session, batch_size: int,
+            precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax scores averaged over each clip's test views, and labels, gathered from every worker."""
+    model.eval()
+    shard = Subset(dataset, range(session.rank, len(dataset), session.world_size))
+    parts = []
+    for video, labels in DataLoader(shard, batch_size=batch_size):
+        views = video.shape[1] if video.dim() == 6 else 1
+        with autocast(precision, session.device):
+            logits = model(video.flatten(0, 1).to(session.device) if views > 1 else video.to(session.device))
+        scores = logits.float().softmax(-1).view(len(labels), views, -1).mean(1)
+        parts += list(zip(scores.cpu(), labels.tolist()))
+    parts = all_gather(parts)
+    return torch.stack([s for s, _ in parts]), torch.tensor([label for _, label in parts])
+
+
+def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: str | Path | None) -> dict:
+    """Fine-tune, `session.report` each epoch with a checkpoint, test, report the result once."""
+    spec, recipe, device = experiment.evaluate, experiment.evaluate.finetune, session.device
+    train_table, val_table, num_classes = labelled_tables(experiment)
+    model = build_classifier(experiment, seed, checkpoint, num_classes)
+    groups = layer_decay_groups(model, recipe.lr, recipe.weight_decay, recipe.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), fused=True)
+    start_epoch, history = 0, []
+    latest = session.latest_checkpoint()
+    if latest:
+        state = torch.load(Path(latest) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        if "metrics" in state:  # tested before an interruption: hand back the result
+            return report_final(session, state["metrics"], state)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
+    model = session.prepare_model(model)
+    core = getattr(model, "module", model)
+
+    train_set = eval_dataset(experiment, train_table, train=True, seed=seed)
+    per_worker = max(1, min(recipe.batch_size, len(train_set)) // session.world_size)
+    sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(train_set, batch_size=per_worker, sampler=sampler, drop_last=True, collate_fn=collate_views)
+    steps = len(loader)
+    for epoch in range(start_epoch, recipe.epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        started, loss_sum, clips = time.perf_counter(), 0.0, 0
+        for step, (video, labels) in enumerate(loader):
+            lr = lr_at(epoch * steps + step, recipe.epochs * steps, recipe.warmup_epochs * steps,
+                       recipe.lr, recipe.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            with autocast(experiment.precision, device):
+                logits = model(video.to(device, non_blocking=True))
+            loss = F.cross_entropy(logits.float(), labels.to(device), label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+            optimizer.step()
+            loss_sum += loss.item() * len(labels)
+            clips += len(labels)
+        seconds = time.perf_counter() - started
+        history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device),
+                        "lr": lr, "clips_per_s": clips * session.world_size / seconds})
+        with tempfile.TemporaryDirectory() as tmp:
+            if session.rank == 0:
+                torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                            "epoch": epoch + 1, "history": history}, Path(tmp) / CHECKPOINT_FILE)
+            session.report({"stage": "finetune", **history[-1], "total_epochs": recipe.epochs},
+                           tmp if session.rank == 0 else None)
+
+    val_set = eval_dataset(experiment, val_table, train=False)
+    scores, labels = predict(model, val_set, session, spec.batch_size, experiment.precision)
+    metrics = {**final_metrics(experiment, scores, labels, len(train_table), num_classes,
+                                [train_set, val_set], device),
+               "finetune_loss_curve": [h["loss"] for h in history]}
+    return report_final(session, metrics, {"model": core.state_dict(), "epoch": recipe.epochs,
+                                           "history": history, "metrics": metrics})

@@ -15,7 +15,7 @@ from models import VideoEncoder, temporal_features
 
 from .data import ClipDataset
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, resolved_precision, skipped_files
-from .session import Session, all_gather
+from .session import Session, all_gather, machine
 from .sources import DataError, check_files, resolve_source, split, stratified_subset
 from .study import Experiment
 
@@ -113,7 +113,8 @@ def final_metrics(experiment: Experiment, logits: torch.Tensor, labels: torch.Te
                   num_classes: int, datasets: list[ClipDataset], device: torch.device) -> dict:
     skipped = skipped_files(datasets)
     return {"stage": "eval", "protocol": experiment.evaluate.protocol,
-            "precision": resolved_precision(experiment.precision, device), "top1": topk_accuracy(logits, labels, 1),
+            "precision": resolved_precision(experiment.precision, device), "machine": machine(),
+            "top1": topk_accuracy(logits, labels, 1),
             "top5": topk_accuracy(logits, labels, 5), "train_clips": train_clips, "val_clips": len(labels),
             "num_classes": num_classes, "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
 

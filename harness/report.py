@@ -1,82 +1,25 @@
-"""Result rows (trials.parquet) -> reports/<study>.html (self-contained plotly) and .md tables.
+"""Result rows (trials.parquet) -> reports/<study>.html (self-contained plotly), <study>.md
+(tables for a code host), a copy of the rows under reports/<study>/, and reports/index.html.
 
-Data flows one way: this module reads Parquet and writes reports; it never touches a run."""
+Data flows one way: this module reads a run folder (or a copied one) and writes reports."""
 from __future__ import annotations
 
+import base64
 import html
-import math
+import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 
-from .results import read_trials
+from .figures import figures, parameters, summarize
+from .findings import METRIC, findings
+from .gallery import gallery_png
+from .results import EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, read_trials
 
-METRIC = "eval_top1"
-# Two-sided 95% Student-t quantiles by degrees of freedom (scipy is not a dependency).
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
-
-
-def parameters(trials: pd.DataFrame) -> list[str]:
-    """Swept parameters: the columns named by a dotted path (e.g. pretrain.mask.ratio)."""
-    return [c for c in trials.columns if "." in c]
-
-
-def summarize(trials: pd.DataFrame, by: list[str], metric: str = METRIC) -> pd.DataFrame:
-    """Mean, 95% t-interval half-width and seed count of `metric` per configuration."""
-    ok = trials[trials["status"] == "ok"]
-    grouped = ok.groupby(by, dropna=False)[metric]
-    table = grouped.agg(mean="mean", std="std", n="count").reset_index()
-    table["ci95"] = [_t95(n) * s / math.sqrt(n) if n > 1 else float("nan")
-                     for n, s in zip(table["n"], table["std"])]
-    return table
-
-
-def _t95(n: int) -> float:
-    return _T95[n - 2] if n - 2 < len(_T95) else 1.96
-
-
-def parameter_figure(trials: pd.DataFrame, parameter: str, metric: str = METRIC) -> go.Figure:
-    """Numeric parameter: mean line with a 95% band over seeds; categorical: bars with intervals."""
-    table = summarize(trials, [parameter], metric).sort_values(parameter)
-    x, mean, ci = table[parameter].tolist(), table["mean"].tolist(), table["ci95"].fillna(0).tolist()
-    figure = go.Figure()
-    if pd.api.types.is_numeric_dtype(table[parameter]):
-        figure.add_trace(go.Scatter(x=x + x[::-1], y=[m + c for m, c in zip(mean, ci)] +
-                                    [m - c for m, c in zip(mean, ci)][::-1], fill="toself",
-                                    line={"width": 0}, opacity=0.25, name="95% interval", hoverinfo="skip"))
-        figure.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=f"mean {metric}",
-                                    customdata=table["n"], hovertemplate="%{x}: %{y:.3f} (n=%{customdata})"))
-    else:
-        figure.add_trace(go.Bar(x=[str(v) for v in x], y=mean, name=f"mean {metric}",
-                                error_y={"type": "data", "array": ci}))
-    figure.update_layout(title=f"{metric} by {parameter} (mean over seeds, 95% interval)",
-                         xaxis_title=parameter, yaxis_title=metric, template="plotly_white")
-    return figure
-
-
-def loss_curve_figure(trials: pd.DataFrame) -> go.Figure | None:
-    """Mean pre-training loss per epoch for each configuration."""
-    ok = trials[(trials["status"] == "ok") & trials["pretrain_loss_curve"].map(lambda c: c is not None and len(c) > 0)]
-    if ok.empty:
-        return None
-    figure = go.Figure()
-    by = parameters(ok) or ["study"]
-    for key, group in ok.groupby(by, dropna=False):
-        curves = pd.DataFrame([list(c) for c in group["pretrain_loss_curve"]])
-        label = ", ".join(f"{p}={v}" for p, v in zip(by, key if isinstance(key, tuple) else (key,)))
-        figure.add_trace(go.Scatter(x=list(range(1, curves.shape[1] + 1)), y=curves.mean().tolist(),
-                                    mode="lines", name=label))
-    figure.update_layout(title="Pre-training loss (mean over seeds)", xaxis_title="epoch",
-                         yaxis_title="loss", template="plotly_white")
-    return figure
-
-
-def figures(trials: pd.DataFrame) -> list[go.Figure]:
-    found = [parameter_figure(trials, p) for p in parameters(trials)]
-    curves = loss_curve_figure(trials)
-    return found + ([curves] if curves else [])
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}table{border-collapse:collapse;"
+         "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}.reproduced{color:#1a7f37}"
+         ".reversed{color:#cf222e}.inconclusive{color:#9a6700}")
 
 
 def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -87,60 +30,176 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("mean", ascending=False)
 
 
+def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: mean wall time per trial, pre-training clips/s, and CPU/GPU-hours in all."""
+    by = parameters(trials) or ["study"]
+    ok = trials[trials["status"] == "ok"]
+    table = ok.groupby(by, dropna=False).agg(
+        trials=("trial_id", "count"), wall_min=("wall_time_s", lambda s: s.mean() / 60),
+        pretrain_clips_per_s=("pretrain_clips_per_s", "mean"),
+        cpu_hours=("cpu_seconds", lambda s: s.sum() / 3600), gpu_hours=("gpu_seconds", lambda s: s.sum() / 3600))
+    return table.reset_index()
+
+
+def header(trials: pd.DataFrame, description: str = "") -> dict[str, str]:
+    """The facts a reader needs first: what ran, where, on which commit, and how long it took."""
+    first = trials.iloc[0]
+    finished = pd.to_datetime(trials["finished_at"])
+    started = finished - pd.to_timedelta(trials["wall_time_s"], unit="s")
+    facts = {"study": str(first["study"]), "description": description,
+             "scale": ", ".join(sorted(trials["scale"].astype(str).unique())),
+             "trials": str(len(trials)), "seeds": str(trials["seed"].nunique()),
+             "evaluation": _distinct(trials, "eval_protocol"), "precision": _distinct(trials, "precision"),
+             "machine": _distinct(trials, "machine"),
+             "commit": _distinct(trials, "git_commit"),
+             "time it took": f"{(finished.max() - started.min()).total_seconds() / 60:.1f} min wall clock "
+                             f"({trials['wall_time_s'].sum() / 60:.1f} min of trial time)"}
+    return {k: v for k, v in facts.items() if v}
+
+
+def _distinct(trials: pd.DataFrame, column: str) -> str:
+    return ", ".join(sorted(trials[column].dropna().astype(str).unique())) if column in trials else ""
+
+
+def _verdict_class(verdict: str) -> str:
+    return "reversed" if "reversed" in verdict else verdict.split()[0]
+
+
+def findings_html(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "<p>No paper finding can be judged from what this study swept.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(r.finding)}</td><td>{html.escape(r.comparison)}</td><td>{html.escape(r.context)}</td>"
+        f"<td>{r.better_mean:.3f} vs {r.worse_mean:.3f}</td><td>{r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]</td>"
+        f"<td>{r.seeds}{' paired' if r.paired else ''}</td><td class='{_verdict_class(r.verdict)}'><b>{html.escape(r.verdict)}</b></td>"
+        f"<td>{html.escape(r.paper)}</td></tr>" for r in table.itertuples())
+    return ("<table><tr><th>paper finding</th><th>comparison</th><th>where</th><th>ours (mean)</th>"
+            "<th>difference [95% interval]</th><th>seeds</th><th>verdict</th><th>paper (ViT-B, paper scale)</th></tr>"
+            f"{rows}</table>")
+
+
+def findings_markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "No paper finding can be judged from what this study swept.\n"
+    view = pd.DataFrame({"paper finding": table["finding"], "comparison": table["comparison"], "where": table["context"],
+                         "ours": [f"{a:.3f} vs {b:.3f}" for a, b in zip(table["better_mean"], table["worse_mean"])],
+                         "difference [95% interval]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+                                                       zip(table["difference"], table["ci_low"], table["ci_high"])],
+                         "seeds": table["seeds"], "verdict": [f"**{v}**" for v in table["verdict"]],
+                         "paper": table["paper"]})
+    return markdown_table(view)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _description(run_dir: Path) -> str:
+    path = run_dir / STUDY_FILE
+    return json.loads(path.read_text()).get("description", "") if path.exists() else ""
+
+
+def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path) -> Path | None:
+    """The best pre-trained trial's reconstructions, made from its checkpoint while the run
+    folder has it; a gallery made earlier is kept for reports rebuilt from copied rows."""
+    ok = trials[(trials["status"] == "ok") & trials["pretrain_loss"].notna()]
+    if not ok.empty:
+        made = gallery_png(run_dir, ok.sort_values(METRIC, ascending=False).iloc[0], out)
+        if made:
+            return made
+    return out if out.exists() else None
+
+
+def write_report(run_dir: Path, out_dir: Path) -> Path:
+    """Write <out_dir>/<study>.html, .md, .json (for the index) and a copy of the rows under
+    <out_dir>/<study>/; then refresh the index. Returns the html path."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    trials = read_trials(run_dir)
+    facts = header(trials, _description(run_dir))
+    name = facts["study"]
+    found, table, cost = findings(trials, parameters(trials)), summary_table(trials), cost_table(trials)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _copy_rows(run_dir, out_dir / name)
+    gallery = _gallery(run_dir, trials, out_dir / f"{name}_gallery.png")
+
+    charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")
+              for i, fig in enumerate(figures(trials))]
+    facts_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in facts.items())
+    gallery_html = ""
+    if gallery:
+        encoded = base64.b64encode(gallery.read_bytes()).decode()
+        gallery_html = ("<h2>Reconstructions</h2><p>Best pre-trained trial; rows: original, masked input, "
+                        f"reconstruction, for two validation clips.</p><img alt='reconstructions' src='data:image/png;base64,{encoded}'>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
+            f"<style>{STYLE}</style></head><body><p><a href='index.html'>all studies</a></p>"
+            f"<h1>Study: {html.escape(name)}</h1><ul>{facts_html}</ul>"
+            f"<h2>Findings</h2>{findings_html(found)}"
+            "<p>Verdicts come from the rows: <i>reproduced</i> when the 95% interval of the difference lies above "
+            "zero, <i>not reproduced (reversed)</i> when it lies below, <i>inconclusive</i> otherwise. The paper's "
+            "numbers are ViT-B at paper scale: compare the direction, not the size.</p>"
+            f"<h2>Figures</h2>{''.join(charts)}"
+            f"<h2>Configurations ({METRIC}, mean over seeds, 95% interval)</h2>"
+            f"{table.to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
+            f"<h2>Cost</h2>{cost.to_html(index=False, float_format=lambda v: f'{v:.4g}')}{gallery_html}"
+            "</body></html>")
+    html_path = out_dir / f"{name}.html"
+    html_path.write_text(page)
+    facts_md = "\n".join(f"- **{k}**: {v}" for k, v in facts.items())
+    html_path.with_suffix(".md").write_text(
+        f"# Study: {name}\n\n{facts_md}\n\n## Findings\n\n{findings_markdown(found)}\n"
+        f"## Configurations ({METRIC}, mean over seeds, 95% interval)\n\n{markdown_table(table)}\n"
+        f"## Cost\n\n{markdown_table(cost)}" + (f"\n## Reconstructions\n\n![reconstructions]({gallery.name})\n" if gallery else ""))
+    html_path.with_suffix(".json").write_text(json.dumps(
+        {**facts, "findings": found[["finding", "context", "difference", "verdict"]].to_dict("records") if not found.empty else []}))
+    write_index(out_dir)
+    return html_path
+
+
+def _copy_rows(run_dir: Path, target: Path) -> None:
+    if run_dir.resolve() == target.resolve():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for file in (TRIALS_FILE, EPOCHS_FILE, STUDY_FILE):
+        if (run_dir / file).exists():
+            shutil.copyfile(run_dir / file, target / file)
+
+
+def write_index(out_dir: Path) -> Path:
+    """reports/index.html: every report in the folder, with its findings' verdicts."""
+    items = []
+    for summary in sorted(out_dir.glob("*.json")):
+        facts = json.loads(summary.read_text())
+        verdicts = "".join(f"<li>{html.escape(f['finding'])} ({html.escape(f['context'])}): "
+                           f"<span class='{_verdict_class(f['verdict'])}'>{html.escape(f['verdict'])}</span> "
+                           f"({f['difference']:+.3f})</li>" for f in facts.get("findings", []))
+        items.append(f"<h2><a href='{html.escape(summary.stem)}.html'>{html.escape(facts['study'])}</a></h2>"
+                     f"<p>{html.escape(facts.get('description', ''))}<br>{html.escape(facts.get('scale', ''))} scale, "
+                     f"{html.escape(facts.get('trials', '?'))} trials, {html.escape(facts.get('time it took', ''))}</p>"
+                     f"<ul>{verdicts}</ul>")
+    index = out_dir / "index.html"
+    index.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Studies</title><style>{STYLE}</style>"
+                     f"</head><body><h1>VideoMAE harness: studies</h1>{''.join(items)}</body></html>")
+    return index
+
+
 def status_table(run_dir: Path) -> str:
     """`harness status`: how many trials finished, and each configuration, best first."""
     trials = read_trials(run_dir)
-    header = _header(trials)
-    lines = [f"{header['study']}: {header['trials']} trials recorded ({header['scale']} scale), "
-             f"{header['total trial time']} of trial time"]
+    facts = header(trials)
+    lines = [f"{facts['study']}: {facts['trials']} trials recorded ({facts['scale']} scale), {facts['time it took']}"]
     return "\n".join(lines) + "\n" + summary_table(trials).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def runs_table(runs_root: Path) -> str:
     """`harness ls`: every study under a runs folder with its trial count and best metric."""
     lines = []
-    for run_dir in sorted(p for p in runs_root.glob("*") if (p / "trials.parquet").exists()):
+    for run_dir in sorted(p for p in runs_root.glob("*") if (p / TRIALS_FILE).exists()):
         trials = read_trials(run_dir)
         ok = trials[trials["status"] == "ok"]
         best = f"best {METRIC} {ok[METRIC].max():.4f}" if len(ok) else "no finished trial"
         lines.append(f"{run_dir.name:24s} {len(trials):4d} trials  {best}  last {trials['finished_at'].max()}")
     return "\n".join(lines) if lines else f"no studies with results under {runs_root}"
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    def cell(value: object) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def _header(trials: pd.DataFrame) -> dict[str, str]:
-    first = trials.iloc[0]
-    return {"study": str(first["study"]), "scale": ", ".join(sorted(trials["scale"].astype(str).unique())),
-            "trials": str(len(trials)), "seeds": str(trials["seed"].nunique()),
-            "commit": ", ".join(sorted(trials["git_commit"].dropna().astype(str).unique())) or "unknown",
-            "total trial time": f"{trials['wall_time_s'].sum() / 60:.1f} min"}
-
-
-def write_report(run_dir: Path, out_dir: Path) -> Path:
-    """Write <out_dir>/<study>.html and .md from <run_dir>/trials.parquet; returns the html path."""
-    trials = read_trials(run_dir)
-    header, table = _header(trials), summary_table(trials)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = header["study"]
-    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in header.items())
-    charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures(trials))]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
-            f"<h1>Study: {html.escape(name)}</h1><ul>{facts}</ul>{''.join(charts)}"
-            f"<h2>Configurations</h2>{table.to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
-            "</body></html>")
-    html_path = out_dir / f"{name}.html"
-    html_path.write_text(page)
-    facts_md = "\n".join(f"- **{k}**: {v}" for k, v in header.items())
-    html_path.with_suffix(".md").write_text(
-        f"# Study: {name}\n\n{facts_md}\n\n## Configurations ({METRIC}, mean over seeds, 95% interval)\n\n"
-        f"{_markdown(table)}\n")
-    return html_path

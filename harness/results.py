@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
-TRIALS_FILE = "trials.parquet"
+TRIALS_FILE = "trials.parquet"  # one row per finished trial
+EPOCHS_FILE = "epochs.parquet"  # one row per pre-training epoch of each trial
+STUDY_FILE = "study.json"      # the validated study, written into the run folder by `harness run`
 
 
 def upsert_rows(path: str | Path, rows: list[dict], key: str = "trial_id") -> pd.DataFrame:

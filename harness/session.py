@@ -2,6 +2,7 @@
 the trial layer swaps in a Ray Train session (harness/trial.py)."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -53,3 +54,17 @@ def all_gather(items: list) -> list:
     gathered: list[list] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, items)
     return [item for part in gathered for item in part]
+
+
+def machine() -> str:
+    """What this process runs on, for result rows: CPU model and count, GPUs."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} CPUs"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return text

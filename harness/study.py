@@ -6,6 +6,7 @@ A study's top-level values are its `cpu` scale; `scales.<name>` holds dotted-pat
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -149,10 +150,13 @@ class Distribution(Strict):
 
 
 class SweepSpec(Strict):
-    """grid: every combination of the listed values x seeds. optuna: `num_samples` trials drawn
-    by Optuna's TPE sampler (seeded) from lists (categorical) and ranges, on the first seed."""
+    """grid: every combination of the listed values, crossed with each of `points` (explicit
+    configurations, e.g. a scratch baseline, or a data source with its own clip count), x seeds.
+    optuna: `num_samples` trials drawn by Optuna's TPE sampler (seeded) from lists (categorical)
+    and ranges, on the first seed."""
     method: Literal["grid", "optuna"] = "grid"
     parameters: dict[str, list[Any] | Distribution] = {}  # dotted path -> values or a range
+    points: list[dict[str, Any]] = []     # grid only: each a mapping of dotted paths to values
     num_samples: int = Field(10, ge=1)    # optuna only
     sampler_seed: int = 0                 # optuna only
     metric: str = "eval_top1"             # what optuna optimizes
@@ -163,7 +167,26 @@ class SweepSpec(Strict):
         ranges = [name for name, values in self.parameters.items() if isinstance(values, Distribution)]
         if self.method == "grid" and ranges:
             raise ValueError(f"parameters.{ranges[0]}: a grid sweep takes a list of values; ranges need method: optuna")
+        if self.method == "optuna" and self.points:
+            raise ValueError("points: explicit points belong to a grid sweep")
+        for point in self.points:
+            shared = set(point) & set(self.parameters)
+            if shared:
+                raise ValueError(f"points: {sorted(shared)[0]} is also a swept parameter")
         return self
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every configuration of a grid sweep (dotted path -> value), in a stable order."""
+        names = list(self.parameters)
+        combos = [dict(zip(names, values)) for values in itertools.product(*(self.parameters[n] for n in names))]
+        return [{**point, **combo} for point in (self.points or [{}]) for combo in combos]
+
+    def swept_names(self) -> list[str]:
+        """The dotted paths a trial's row records: the parameters, then any the points set."""
+        names = list(self.parameters)
+        for point in self.points:
+            names += [name for name in point if name not in names]
+        return names
 
 
 class Experiment(Strict):
@@ -218,6 +241,15 @@ def set_path(tree: dict, path: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def get_path(tree: dict, path: str) -> Any:
+    """tree['a']['b']['c'] for path 'a.b.c', or None where the path is not set."""
+    for key in path.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
 def _first_error(error: ValidationError, prefix: str = "") -> str:
     detail = error.errors()[0]
     where = ".".join(str(part) for part in detail["loc"]) or "(top level)"
@@ -261,7 +293,7 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
         raise StudyError(_first_error(error, f"{path}: ")) from None
     _check_sweep(study, path)
     if check_paths:
-        for field, source in data_sources(study):
+        for field, source, _ in data_sources(study):
             problem = check_source(source)
             if problem:
                 raise StudyError(f"{path}: {field}: {problem}")
@@ -275,17 +307,34 @@ def _check_sweep(study: Study, path: Path) -> None:
         if not values:
             raise StudyError(f"{path}: sweep.parameters.{name}: needs at least one value")
         for value in values:
-            try:
-                study.experiment({name: value})
-            except (ValidationError, KeyError) as error:
-                detail = _first_error(error) if isinstance(error, ValidationError) else "not a field"
-                raise StudyError(f"{path}: sweep.parameters.{name}: value {value!r}: {detail}") from None
+            _check_point(study, path, f"sweep.parameters.{name}", {name: value})
+    for index, point in enumerate(study.sweep.points):
+        _check_point(study, path, f"sweep.points[{index}]", point)
 
 
-def data_sources(study: Study) -> list[tuple[str, str]]:
-    """Every data source the study can use, including swept ones, with its field name."""
-    found = [("pretrain.source", study.pretrain.source), ("evaluate.source", study.evaluate.source)]
-    for name, values in study.sweep.parameters.items():
-        if name in ("pretrain.source", "evaluate.source") and isinstance(values, list):
-            found += [(f"sweep.parameters.{name}", value) for value in values]
+def _check_point(study: Study, path: Path, field: str, point: dict[str, Any]) -> None:
+    try:
+        study.experiment(point)
+    except (ValidationError, KeyError) as error:
+        detail = _first_error(error) if isinstance(error, ValidationError) else f"{error.args[0]}: not a field"
+        value = f" value {next(iter(point.values()))!r}" if len(point) == 1 else ""
+        raise StudyError(f"{path}: {field}:{value}: {detail}") from None
+
+
+def data_sources(study: Study) -> list[tuple[str, str, Experiment]]:
+    """Every data source the study can use (swept ones and each grid point's included), with the
+    field that names it and the experiment that reads it (whose synth settings make it)."""
+    found, sweep = [], study.sweep
+    points = sweep.grid_points() if sweep.method == "grid" else [{}]
+    for point in points:
+        experiment = study.experiment(point)
+        for stage, field in (("pretrain", "pretrain.source"), ("evaluate", "evaluate.source")):
+            if field in sweep.parameters:
+                field = f"sweep.parameters.{field}"
+            elif field in point:
+                field = f"sweep.points: {field}"
+            found.append((field, getattr(experiment, stage).source, experiment))
+    for name, values in sweep.parameters.items():
+        if sweep.method == "optuna" and name in ("pretrain.source", "evaluate.source") and isinstance(values, list):
+            found += [(f"sweep.parameters.{name}", value, study.experiment({name: value})) for value in values]
     return found

@@ -1,7 +1,6 @@
 """Study -> a Ray Tune sweep of trials on a local or existing Ray cluster -> rows in Parquet."""
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import subprocess
@@ -18,24 +17,21 @@ import torch
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from .results import SCHEMA_VERSION, TRIALS_FILE, upsert_rows
+from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, upsert_rows
 from .sources import check_files, resolve_source
-from .study import Study, StudyError, data_sources
-from .trial import TRIAL_CPU, run_trial
+from .study import Study, StudyError, data_sources, get_path
+from .trial import POINT, TRIAL_CPU, run_trial, sweep_point
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
                "eval_top1", "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s", "wall_time_s", "skipped_videos",
-               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch", "precision")
-EPOCHS_FILE = "epochs.parquet"
+               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch", "precision", "machine")
 
 
 def trial_points(study: Study) -> list[dict[str, Any]]:
     """Every grid point x seed, in a stable order (an Optuna sweep draws its points as it runs)."""
     if study.sweep.method == "optuna":
         return []
-    names = list(study.sweep.parameters)
-    grid = itertools.product(*(study.sweep.parameters[n] for n in names), study.seeds)
-    return [{**dict(zip(names, values[:-1])), "seed": values[-1]} for values in grid]
+    return [{**point, "seed": seed} for point in study.sweep.grid_points() for seed in study.seeds]
 
 
 def trial_count(study: Study) -> int:
@@ -45,9 +41,8 @@ def trial_count(study: Study) -> int:
 def param_space(study: Study) -> dict[str, Any]:
     """The Tune search space: grid_search lists for a grid; Tune domains for Optuna to sample."""
     sweep = study.sweep
-    if sweep.method == "grid":
-        return {**{name: ray.tune.grid_search(values) for name, values in sweep.parameters.items()},
-                "seed": ray.tune.grid_search(study.seeds)}
+    if sweep.method == "grid":  # one grid axis of whole points, so explicit points fit in too
+        return {POINT: ray.tune.grid_search(sweep.grid_points()), "seed": ray.tune.grid_search(study.seeds)}
     space: dict[str, Any] = {"seed": study.seeds[0]}
     for name, values in sweep.parameters.items():
         if isinstance(values, list):
@@ -98,11 +93,17 @@ def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> 
 def prepare_data(study: Study) -> None:
     """Make every synthetic source the trials will read, once, and check that every file a
     manifest names exists, before any trial starts (DataError lists the first missing ones)."""
-    for source in sorted({source for _, source in data_sources(study)}):
-        def progress(done: int, total: int, name: str = source) -> None:
-            if done == total or done % max(1, total // 10) == 0:
-                print(f"  making {name}: {done}/{total} clips", flush=True)
-        check_files(resolve_source(source, study.synth_params(), progress=progress), source)
+    done = set()
+    for _, source, experiment in data_sources(study):
+        synth = experiment.synth_params() if source.startswith("synth:") else None
+        if (source, synth) in done:
+            continue
+        done.add((source, synth))
+
+        def progress(finished: int, total: int, name: str = source) -> None:
+            if finished == total or finished % max(1, total // 10) == 0:
+                print(f"  making {name}: {finished}/{total} clips", flush=True)
+        check_files(resolve_source(source, synth, progress=progress), source)
 
 
 def start_ray(address: str | None, verbose: bool = False) -> None:
@@ -129,7 +130,7 @@ class TrialRecorder(Callback):
         self.finished = 0
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        label, stage = _label(self.study, trial.config), result.get("stage")
+        label, stage = _label(trial.config), result.get("stage")
         if stage in ("pretrain", "finetune"):
             print(f"  [{label}] {stage} epoch {result['epoch']}/{result['total_epochs']}"
                   f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)
@@ -143,12 +144,13 @@ class TrialRecorder(Callback):
         where = Path(trial.error_file) if trial.error_file else None
         lines = where.read_text().strip().splitlines() if where and where.exists() else []
         reason = lines[-1] if lines else "see the Ray logs"
-        print(f"  [{_label(self.study, trial.config)}] FAILED: {reason} ({where})", flush=True)
+        print(f"  [{_label(trial.config)}] FAILED: {reason} ({where})", flush=True)
 
 
-def _label(study: Study, config: dict) -> str:
+def _label(config: dict) -> str:
+    values = {**sweep_point(config), "seed": config["seed"]}
     return " ".join(f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                    for k, v in config.items())
+                    for k, v in values.items())
 
 
 def recorded_trials(run_dir: Path) -> set[str]:
@@ -161,8 +163,7 @@ def record_trial(run_dir: Path, study: Study, trial_id: str, config: dict, resul
     A trial already recorded is left as it is: each trial lands exactly once."""
     if trial_id in recorded_trials(run_dir):
         return
-    identity = {"study": study.name, "trial_id": trial_id, "seed": int(config["seed"]),
-                **{name: config[name] for name in study.sweep.parameters}}
+    identity = {"study": study.name, "trial_id": trial_id, "seed": int(config["seed"]), **swept_columns(study, config)}
     epochs = [{**identity, **epoch} for epoch in result.get("pretrain_epochs") or []]
     if epochs:
         upsert_rows(run_dir / EPOCHS_FILE, epochs)
@@ -173,10 +174,20 @@ def trial_row(study: Study, trial_id: str, config: dict, result: dict) -> dict[s
     """One Parquet row: identity, every swept parameter by its dotted path, seed, metrics."""
     row = {"study": study.name, "trial_id": trial_id, "status": "ok", "scale": study.scale,
            "seed": int(config["seed"])}
-    row.update({name: config[name] for name in study.sweep.parameters})
+    row.update(swept_columns(study, config))
     row.update({name: result.get(name) for name in ROW_METRICS})
     row.update(environment())
     return row
+
+
+def swept_columns(study: Study, config: dict) -> dict[str, Any]:
+    """Every swept path's value in this trial, as it ran (a point that does not set a path gets
+    the study's value). A scratch trial has no pre-training: its other pretrain.* are None."""
+    experiment = study.experiment(sweep_point(config))
+    settings = experiment.model_dump()
+    scratch = experiment.pretrain.method == "scratch"
+    return {name: None if scratch and name.startswith("pretrain.") and name != "pretrain.method"
+            else get_path(settings, name) for name in study.sweep.swept_names()}
 
 
 def environment() -> dict[str, Any]:
@@ -200,6 +211,9 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")
     run_dir = Path(runs_root).absolute() / study.name  # nothing is written here before the plan fits
     run_dir.mkdir(parents=True, exist_ok=True)
+    study_file = run_dir / STUDY_FILE  # what the report reads for the description and the gallery
+    study_file.with_suffix(".partial").write_text(study.model_dump_json(indent=1))
+    os.replace(study_file.with_suffix(".partial"), study_file)
     print(f"{plan['trials']} trials, {plan['concurrent_trials']} at a time, "
           f"{plan['cpus_per_trial']:g} CPU / {plan['gpus_per_trial']:g} GPU each", flush=True)
     trainable = ray.tune.with_resources(

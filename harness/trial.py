@@ -24,6 +24,12 @@ from .study import Experiment, Study
 
 
 TRIAL_CPU = 0.01  # what the Tune trainable itself reserves: it only waits on its Train runs
+POINT = "point"   # a grid trial's config: {POINT: {dotted path: value}, "seed": s}; Optuna's is flat
+
+
+def sweep_point(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial config -> its sweep point (dotted path -> value), without the seed."""
+    return dict(config[POINT]) if POINT in config else {k: v for k, v in config.items() if k != "seed"}
 
 
 class RayTrainSession(Session):
@@ -93,7 +99,7 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
     """Tune trainable: `params` is one sweep point (dotted paths) plus `seed`."""
     study_obj = Study.model_validate(study)
     seed = int(params["seed"])
-    experiment = study_obj.experiment({k: v for k, v in params.items() if k != "seed"})
+    experiment = study_obj.experiment(sweep_point(params))
     trial_id = ray.tune.get_context().get_trial_id()
     finished = Path(storage) / f"{trial_id}.summary.json"
     if finished.exists():  # it finished, but the driver died before Tune recorded that
@@ -120,6 +126,7 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
     skipped.update(result.metrics.get("skipped_files", []))  # a file bad in both stages counts once
     summary.update(eval_top1=result.metrics["top1"], eval_top5=result.metrics["top5"],
                    eval_protocol=result.metrics["protocol"], precision=result.metrics["precision"],
+                   machine=result.metrics["machine"],
                    finetune_loss_curve=result.metrics.get("finetune_loss_curve", []),
                    eval_train_clips=result.metrics["train_clips"], eval_time_s=time.time() - eval_started,
                    wall_time_s=time.time() - started, skipped_videos=len(skipped), stage="done")

@@ -1,7 +1,7 @@
 import pandas as pd
 import pyarrow.dataset as ds
 
-from harness.report import parameter_figure, summarize
+from harness.figures import parameter_figure, summarize
 from harness.results import upsert_rows
 
 

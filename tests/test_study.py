@@ -39,6 +39,11 @@ BAD = [
     ("name: t\nsweep: {parameters: {pretrain.mask.ratio: [0.9, 1.5]}}\n", "sweep.parameters.pretrain.mask.ratio: value 1.5"),
     ("name: t\nsweep: {parameters: {pretrain.colour: [1]}}\n", "sweep.parameters.pretrain.colour"),
     ("name: 'a b'\n", "name: String should match pattern"),
+    ("name: t\nsweep: {points: [{pretrain.method: magic}]}\n", "sweep.points[0]: value 'magic': pretrain.method"),
+    ("name: t\nsweep: {points: [{pretrain.colour: 1}]}\n", "sweep.points[0]: value 1: pretrain.colour: unknown key"),
+    ("name: t\nsweep: {points: [{pretrain.clips: 5}], parameters: {pretrain.clips: [1]}}\n",
+     "sweep: points: pretrain.clips is also a swept parameter"),
+    ("name: t\nsweep: {points: [{evaluate.source: 'folder:/no/such'}]}\n", "sweep.points: evaluate.source: data path"),
 ]
 
 
@@ -82,3 +87,21 @@ def test_resource_plan_fits_trials_to_the_cluster(tmp_path):
     gpu = study.model_copy(update={"resources": study.resources.model_copy(update={"gpus_per_worker": 1})})
     with pytest.raises(StudyError, match="needs 1 GPUs, the cluster has 0"):
         resource_plan(gpu, {"CPU": 2})
+
+
+def test_points_cross_the_grid_and_seeds(tmp_path):
+    path = tmp_path / "points.yaml"
+    path.write_text("""
+name: p
+seeds: [0, 1]
+sweep:
+  points: [{pretrain.method: scratch}, {pretrain.clips: 100}, {pretrain.clips: 200}]
+  parameters: {evaluate.source: ['synth:motion', 'synth:appearance']}
+""")
+    study = load_study(path)
+    points = trial_points(study)
+    assert len(points) == 3 * 2 * 2
+    assert points[0] == {"pretrain.method": "scratch", "evaluate.source": "synth:motion", "seed": 0}
+    assert study.sweep.swept_names() == ["evaluate.source", "pretrain.method", "pretrain.clips"]
+    from harness.study import data_sources
+    assert {source for _, source, _ in data_sources(study)} == {"synth:motion", "synth:appearance"}

@@ -1,0 +1,56 @@
+"""Reconstruction gallery for a report: original, masked and reconstructed frames of a few
+validation clips, from a finished trial's pre-training checkpoint, as one PNG."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from models import VideoMAE, make_mask, reconstruct
+
+from .evaluate import eval_dataset
+from .pretrain import CHECKPOINT_FILE
+from .results import STUDY_FILE
+from .sources import resolve_source, split
+from .study import Study
+
+
+def latest_checkpoint(run_dir: Path, trial_id: str) -> Path | None:
+    found = sorted((run_dir / "train" / f"{trial_id}-pretrain").glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+    return found[-1] if found else None
+
+
+def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames: int = 4) -> Path | None:
+    """Write the gallery of trial `row` to `out`; None when its checkpoint or study is gone."""
+    checkpoint, study_file = latest_checkpoint(run_dir, row["trial_id"]), run_dir / STUDY_FILE
+    if checkpoint is None or not study_file.exists():
+        return None
+    study = Study.model_validate(json.loads(study_file.read_text()))
+    point: dict[str, Any] = {name: getattr(row[name], "item", lambda: row[name])()  # numpy -> python
+                             for name in study.sweep.swept_names() if name in row and not _missing(row[name])}
+    experiment = study.experiment(point)
+    model = VideoMAE(experiment.model.build(), loss=experiment.pretrain.loss)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    model.eval()
+    table = split(resolve_source(experiment.evaluate.source, experiment.synth_params()), "val").head(clips)
+    video = torch.stack([eval_dataset(experiment, table, train=False)[i][0] for i in range(len(table))])
+    mask = make_mask(experiment.pretrain.mask.strategy, len(table), model.config.grid,
+                     experiment.pretrain.mask.ratio, torch.Generator().manual_seed(0))
+    shown = reconstruct(model, video, mask)
+    steps = torch.linspace(0, video.shape[2] - 1, frames).round().long()
+    rows = [torch.cat(list(shown[kind][i][:, steps].permute(1, 0, 2, 3)), dim=2)  # frames side by side
+            for i in range(len(table)) for kind in ("original", "masked", "reconstruction")]
+    grid = torch.cat(rows, dim=1)  # (3, rows * H, frames * W)
+    scale = max(1, 256 // video.shape[-1])  # small clips are enlarged so a reader can see them
+    image = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST).save(out)
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)

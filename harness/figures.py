@@ -30,9 +30,28 @@ def _numeric(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(values.dropna().infer_objects()) and values.notna().any()
 
 
+def _determines(rows: pd.DataFrame, a: str, b: str) -> bool:
+    """Each set value of `a` comes with at most one set value of `b` (b adds nothing beside a,
+    e.g. a data-efficiency point that sets the pre-training and labelled clip counts together)."""
+    both = rows[[a, b]].dropna()
+    return not both.empty and both.groupby(a)[b].nunique().max() <= 1
+
+
 def _groups(trials: pd.DataFrame, parameter: str) -> list[str]:
-    """Other swept parameters with few distinct values: one trace per combination of them."""
-    return [p for p in parameters(trials) if p != parameter and trials[p].nunique() <= 6 and trials[p].notna().any()]
+    """Other swept parameters with few distinct values that vary at a given value of `parameter`:
+    one trace per combination of them."""
+    return [p for p in parameters(trials) if p != parameter and trials[p].nunique() <= 6
+            and trials[p].notna().any() and not _determines(trials, parameter, p)]
+
+
+def plotted_parameters(trials: pd.DataFrame) -> list[str]:
+    """Swept parameters worth an x axis: of two that determine each other, the one set more often."""
+    swept = sorted(parameters(trials), key=lambda p: trials[p].isna().sum())
+    kept: list[str] = []
+    for p in swept:
+        if not any(_determines(trials, p, q) and _determines(trials, q, p) for q in kept):
+            kept.append(p)
+    return [p for p in parameters(trials) if p in kept]
 
 
 def _label(names: list[str], key: Any) -> str:
@@ -146,10 +165,10 @@ def loss_curve_figure(trials: pd.DataFrame, column: str = "pretrain_loss_curve",
 
 def figures(trials: pd.DataFrame) -> list[go.Figure]:
     """Every figure the rows support, in reading order."""
-    swept, shift = parameters(trials), domain_shift_figure(trials)
+    swept, shift = plotted_parameters(trials), domain_shift_figure(trials)
     found = [parameter_figure(trials, p) for p in swept
              if not (shift and p in ("pretrain.source", "evaluate.source"))]
-    if any(p.endswith("pretrain.clips") for p in swept):
+    if any(p.endswith("clips") for p in swept):
         found.append(data_efficiency_paper_figure())
     found += [shift, loss_curve_figure(trials),
               loss_curve_figure(trials, "finetune_loss_curve", "Fine-tuning loss")]

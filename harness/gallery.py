@@ -19,14 +19,15 @@ from .sources import resolve_source, split
 from .study import Study
 
 
-def latest_checkpoint(run_dir: Path, trial_id: str) -> Path | None:
-    found = sorted((run_dir / "train" / f"{trial_id}-pretrain").glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+def latest_checkpoint(run_dir: Path, pretrain_run: str) -> Path | None:
+    found = sorted((run_dir / "train" / pretrain_run).glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
     return found[-1] if found else None
 
 
 def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames: int = 4) -> Path | None:
     """Write the gallery of trial `row` to `out`; None when its checkpoint or study is gone."""
-    checkpoint, study_file = latest_checkpoint(run_dir, row["trial_id"]), run_dir / STUDY_FILE
+    run = row.get("pretrain_run") if isinstance(row.get("pretrain_run"), str) else f"{row['trial_id']}-pretrain"
+    checkpoint, study_file = latest_checkpoint(run_dir, run), run_dir / STUDY_FILE
     if checkpoint is None or not study_file.exists():
         return None
     study = Study.model_validate(json.loads(study_file.read_text()))

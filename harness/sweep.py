@@ -24,7 +24,7 @@ from .trial import POINT, TRIAL_CPU, run_trial, sweep_point
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
                "eval_top1", "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s", "wall_time_s", "skipped_videos",
-               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch", "precision", "machine")
+               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch", "pretrain_run", "pretrain_shared_from", "precision", "machine")
 
 
 def trial_points(study: Study) -> list[dict[str, Any]]:
@@ -149,8 +149,9 @@ class TrialRecorder(Callback):
 
 def _label(config: dict) -> str:
     values = {**sweep_point(config), "seed": config["seed"]}
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                    for k, v in values.items())
+    short = [name.rsplit(".", 1)[-1] for name in values]
+    names = [s if short.count(s) == 1 else full for s, full in zip(short, values)]  # full path if ambiguous
+    return " ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names, values.values()))
 
 
 def recorded_trials(run_dir: Path) -> set[str]:

@@ -4,6 +4,8 @@ This is the only layer (with harness/sweep.py) that imports Ray; the loops it ru
 functions of (experiment, seed, session)."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import time
@@ -95,6 +97,37 @@ def _fit(worker, name: str, study: Study, storage: str, loop_config: dict) -> ra
     return trainer.fit()
 
 
+def pretrain_key(experiment: Experiment, seed: int) -> str:
+    """What a pre-training run's result depends on (not the evaluation), hashed."""
+    settings = experiment.model_dump(include={"model", "synth", "pretrain", "precision", "on_error"})
+    return hashlib.sha1(json.dumps({**settings, "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrained(experiment: Experiment, seed: int, trial_id: str, study: Study, storage: str,
+               loop_config: dict) -> tuple[str, dict, str | None]:
+    """Pre-train (a Ray Train run named after the trial), or reuse the finished run of another
+    trial of the study with the same pre-training settings and seed (e.g. the same encoder
+    evaluated on two targets); a trial that needs one being made waits for it.
+    Returns the checkpoint path, the run's last metrics and the run reused (None if our own)."""
+    registry = Path(storage) / "pretrained"
+    registry.mkdir(parents=True, exist_ok=True)
+    key = pretrain_key(experiment, seed)
+    with open(registry / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while pre-training; released if the trial dies
+        record = registry / f"{key}.json"
+        if record.exists():
+            found = json.loads(record.read_text())
+            if found["trial_id"] != trial_id:
+                return found["checkpoint"], found["metrics"], found["run"]
+        run = f"{trial_id}-pretrain"
+        result = _fit(pretrain_worker, run, study, storage, loop_config)
+        partial = record.with_suffix(".partial")
+        partial.write_text(json.dumps({"trial_id": trial_id, "run": run, "checkpoint": result.checkpoint.path,
+                                       "metrics": result.metrics}))
+        os.replace(partial, record)
+        return result.checkpoint.path, result.metrics, None
+
+
 def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
     """Tune trainable: `params` is one sweep point (dotted paths) plus `seed`."""
     study_obj = Study.model_validate(study)
@@ -112,14 +145,13 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
                                "resumed_from_epoch": None}
     checkpoint, skipped = None, set()
     if experiment.pretrain.method == "videomae":
-        result = _fit(pretrain_worker, f"{trial_id}-pretrain", study_obj, storage, loop_config)
-        metrics = result.metrics
-        checkpoint = result.checkpoint.path
+        checkpoint, metrics, shared_from = pretrained(experiment, seed, trial_id, study_obj, storage, loop_config)
         skipped.update(metrics.get("skipped_files", []))
         summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
                        pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started,
-                       pretrain_epochs=metrics["epochs"], peak_rss_mb=metrics["peak_rss_mb"],
-                       resumed_from_epoch=metrics["resumed_from_epoch"])
+                       pretrain_epochs=[] if shared_from else metrics["epochs"], peak_rss_mb=metrics["peak_rss_mb"],
+                       resumed_from_epoch=metrics["resumed_from_epoch"], pretrain_shared_from=shared_from,
+                       pretrain_run=shared_from or f"{trial_id}-pretrain")
     eval_started = time.time()
     result = _fit(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                   {**loop_config, "checkpoint": checkpoint})

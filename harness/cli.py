@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .results import StorageError
 from .sources import DataError
 from .study import DEFAULT_SCALE, SCALES, StudyError, load_study
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (StudyError, DataError, FileNotFoundError) as error:
+    except (StudyError, DataError, StorageError, FileNotFoundError) as error:
         print(f"harness: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -98,7 +98,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
         skipped = state.get("skipped", {})
-        if start_epoch >= spec.epochs:  # finished before an interruption: hand back the result
+        if start_epoch >= spec.epochs or state["metrics"].get("diverged"):  # ended before an interruption
             session.report({**state["metrics"], "resumed_from_epoch": start_epoch},
                            checkpoint if session.rank == 0 else None)
             return
@@ -116,6 +116,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     total_steps, warmup_steps = spec.epochs * steps_per_epoch, spec.warmup_epochs * steps_per_epoch
     masks = torch.Generator().manual_seed(seed * 1000 + session.rank)
     grid = core.config.grid
+    bad_steps = 0
 
     for epoch in range(start_epoch, spec.epochs):
         model.train()
@@ -134,11 +135,17 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
                 loss = model(video, mask, None if dropped is None else dropped.to(device)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if spec.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad)
+            # The norm of the (all-reduced) gradient is the same on every worker, so all skip together.
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad or float("inf"))
+            if not torch.isfinite(norm):  # a NaN/inf loss or gradient: skip the step, count it
+                bad_steps += 1
+                if bad_steps > spec.max_bad_steps:
+                    break
+                continue
             optimizer.step()
             loss_sum += loss.item() * video.shape[0]
             clips += video.shape[0]
+        diverged = bad_steps > spec.max_bad_steps
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device), "lr": lr,
                         "clips_per_s": clips * session.world_size / seconds, "epoch_time_s": seconds})
@@ -147,7 +154,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
                    "loss_curve": [h["loss"] for h in history],
                    "epochs": list(history), "workers": session.world_size, "peak_rss_mb": peak_rss_mb(),
                    "precision": resolved_precision(experiment.precision, device),
-                   "resumed_from_epoch": resumed_from,
+                   "resumed_from_epoch": resumed_from, "bad_steps": bad_steps, "diverged": diverged,
                    "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
         with tempfile.TemporaryDirectory() as tmp:
             if session.rank == 0:
@@ -155,3 +162,5 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
                             "epoch": epoch + 1, "history": history, "skipped": skipped,
                             "metrics": metrics}, Path(tmp) / CHECKPOINT_FILE)
             session.report(metrics, tmp if session.rank == 0 else None)
+        if diverged:  # stopped: the trial is recorded as diverged, not evaluated
+            return

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +14,31 @@ SCHEMA_VERSION = 1
 TRIALS_FILE = "trials.parquet"  # one row per finished trial
 EPOCHS_FILE = "epochs.parquet"  # one row per pre-training epoch of each trial
 STUDY_FILE = "study.json"      # the validated study, written into the run folder by `harness run`
+
+
+MIN_FREE_BYTES = 200 * 2 ** 20  # below this a study would fail mid-way writing checkpoints
+
+
+class StorageError(OSError):
+    """Results cannot be written where asked: the message is one line naming the place."""
+
+
+def check_storage(runs_root: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Fail before any trial starts if `runs_root` cannot be written or its disk is (nearly)
+    full. Writes nothing under `runs_root`: it probes the nearest folder that exists."""
+    target = Path(runs_root).absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise StorageError(f"--runs {target}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise StorageError(f"--runs {target}: cannot write in {existing}: {error.strerror}") from None
+    free = shutil.disk_usage(existing).free
+    if free < min_free:
+        raise StorageError(f"--runs {target}: only {free / 2 ** 20:.0f} MiB free on its disk "
+                           f"(a study needs at least {min_free / 2 ** 20:.0f} MiB for checkpoints and results)")
 
 
 def upsert_rows(path: str | Path, rows: list[dict], key: str = "trial_id") -> pd.DataFrame:

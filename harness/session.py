@@ -28,8 +28,8 @@ class Session:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
         self.reports.append(dict(metrics))
-        if checkpoint_dir and self.checkpoint_root:
-            latest = self.checkpoint_root / "latest"
+        latest = self.checkpoint_root / "latest" if self.checkpoint_root else None
+        if checkpoint_dir and latest and Path(checkpoint_dir).resolve() != latest.resolve():
             shutil.rmtree(latest, ignore_errors=True)
             shutil.copytree(checkpoint_dir, latest)
 

@@ -87,6 +87,7 @@ class PretrainSpec(Strict):
     warmup_epochs: int = Field(2, ge=0)
     weight_decay: float = Field(0.05, ge=0)
     clip_grad: float | None = Field(1.0, gt=0)
+    max_bad_steps: int = Field(0, ge=0)   # NaN/inf steps skipped before the trial stops as diverged
 
     @field_validator("loss")
     @classmethod
@@ -251,8 +252,13 @@ def get_path(tree: dict, path: str) -> Any:
 
 
 def _first_error(error: ValidationError, prefix: str = "") -> str:
-    detail = error.errors()[0]
-    where = ".".join(str(part) for part in detail["loc"]) or "(top level)"
+    errors = error.errors()
+    # A union (a list of values or a range) reports one error per branch: keep the branch that
+    # matches the input's shape, and drop the branch tags from the location.
+    matching = [e for e in errors if e["type"] not in ("list_type", "model_type", "dict_type")]
+    detail = (matching or errors)[0]
+    where = ".".join(str(part) for part in detail["loc"]
+                     if not (isinstance(part, str) and ("[" in part or part[:1].isupper()))) or "(top level)"
     message = detail["msg"].removeprefix("Value error, ")
     if detail["type"] == "extra_forbidden":
         message = "unknown key"

@@ -17,14 +17,14 @@ import torch
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, upsert_rows
+from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, upsert_rows
 from .sources import check_files, resolve_source
 from .study import Study, StudyError, data_sources, get_path
 from .trial import POINT, TRIAL_CPU, run_trial, sweep_point
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
                "eval_top1", "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s", "wall_time_s", "skipped_videos",
-               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch", "pretrain_run", "pretrain_shared_from", "precision", "machine")
+               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch", "reason", "pretrain_run", "pretrain_shared_from", "precision", "machine")
 
 
 def trial_points(study: Study) -> list[dict[str, Any]]:
@@ -129,6 +129,9 @@ class TrialRecorder(Callback):
         self.study, self.run_dir, self.total = study, run_dir, total
         self.finished = 0
 
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        print(f"  [{_label(trial.config)}] started", flush=True)
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         label, stage = _label(trial.config), result.get("stage")
         if stage in ("pretrain", "finetune"):
@@ -137,7 +140,9 @@ class TrialRecorder(Callback):
         elif stage == "done":
             self.finished += 1
             record_trial(self.run_dir, self.study, trial.trial_id, trial.config, result)
-            print(f"  [{label}] done: eval top-1 {result['eval_top1']:.3f} in {result['wall_time_s']:.0f} s "
+            outcome = (f"eval top-1 {result['eval_top1']:.3f}" if result.get("status", "ok") == "ok"
+                       else f"{result['status'].upper()}: {result.get('reason')}")
+            print(f"  [{label}] done: {outcome} in {result['wall_time_s']:.0f} s "
                   f"({self.finished}/{self.total} this session)", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -173,7 +178,7 @@ def record_trial(run_dir: Path, study: Study, trial_id: str, config: dict, resul
 
 def trial_row(study: Study, trial_id: str, config: dict, result: dict) -> dict[str, Any]:
     """One Parquet row: identity, every swept parameter by its dotted path, seed, metrics."""
-    row = {"study": study.name, "trial_id": trial_id, "status": "ok", "scale": study.scale,
+    row = {"study": study.name, "trial_id": trial_id, "status": result.get("status", "ok"), "scale": study.scale,
            "seed": int(config["seed"])}
     row.update(swept_columns(study, config))
     row.update({name: result.get(name) for name in ROW_METRICS})
@@ -207,6 +212,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
               verbose: bool = False, source: str = "") -> tuple[Path, int]:
     """Run every trial not yet finished; returns the study's run folder and the failed count.
     `source` (the study file) prefixes errors found once the cluster is known."""
+    check_storage(runs_root)
     prepare_data(study)
     start_ray(address, verbose)
     plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")

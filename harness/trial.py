@@ -152,6 +152,12 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
                        pretrain_epochs=[] if shared_from else metrics["epochs"], peak_rss_mb=metrics["peak_rss_mb"],
                        resumed_from_epoch=metrics["resumed_from_epoch"], pretrain_shared_from=shared_from,
                        pretrain_run=shared_from or f"{trial_id}-pretrain")
+        if metrics.get("diverged"):  # recorded as such, not evaluated; the study goes on
+            summary.update(status="diverged", stage="done", wall_time_s=time.time() - started,
+                           skipped_videos=len(skipped), workers=study_obj.resources.workers_per_trial,
+                           reason=f"non-finite loss or gradient at epoch {metrics['epoch']} "
+                                  f"({metrics['bad_steps']} bad steps)")
+            return _finish(finished, summary)
     eval_started = time.time()
     result = _fit(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                   {**loop_config, "checkpoint": checkpoint})
@@ -166,6 +172,11 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
     summary.update(workers=resources.workers_per_trial,
                    cpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.cpus_per_worker,
                    gpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.gpus_per_worker)
+    return _finish(finished, summary)
+
+
+def _finish(finished: Path, summary: dict[str, Any]) -> None:
+    """Keep the trial's summary (atomically), then hand it to Tune, which records the row."""
     partial = finished.with_suffix(".partial")
     partial.write_text(json.dumps(summary))
     os.replace(partial, finished)

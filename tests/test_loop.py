@@ -79,3 +79,15 @@ def test_knn_votes_for_the_nearest_class():
     train_y = torch.tensor([0, 0, 1, 1])
     scores = knn_scores(train_x, train_y, torch.tensor([[1.0, 0.05], [0.05, 1.0]]), num_classes=2, k=2)
     assert scores.argmax(1).tolist() == [0, 1]
+
+
+def test_a_diverging_run_stops_and_says_so(tmp_path):
+    experiment = Experiment.model_validate({**TINY, "pretrain": {"epochs": 3, "batch_size": 16, "lr": 1e12,
+                                                                 "warmup_epochs": 0, "clip_grad": None}})
+    session = Session(tmp_path)
+    pretrain(experiment, seed=0, session=session)
+    last = session.reports[-1]
+    assert last["diverged"] and last["bad_steps"] == 1 and len(session.reports) < 3
+    again = Session(tmp_path)  # a rerun hands back the diverged result instead of training on
+    pretrain(experiment, seed=0, session=again)
+    assert [r["diverged"] for r in again.reports] == [True]

@@ -23,3 +23,24 @@ def test_summary_interval_and_figure_data():
     assert abs(table["ci95"][0] - 4.303 * 0.1 / 3 ** 0.5) < 1e-6
     line = parameter_figure(trials, "pretrain.mask.ratio").data[1]
     assert list(line.x) == [0.5, 0.9] and [round(v, 6) for v in line.y] == [0.3, 0.6]
+
+
+def test_storage_that_cannot_take_results_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    from conftest import REPO
+    from harness.cli import main
+    from harness.results import StorageError, check_storage
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(REPO / "studies" / "mask_ratio.yaml"), "--scale", "smoke", "--runs", str(blocker / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--runs" in err and "is a file, not a folder" in err and "\n" not in err
+    with pytest.raises(StorageError, match="cannot write"):
+        check_storage("/proc/videomae-runs")  # a filesystem nobody can create files in
+    with pytest.raises(StorageError, match="MiB free"):
+        check_storage(tmp_path / "runs", min_free=2 ** 62)  # more space than any disk has
+    check_storage(tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

@@ -25,37 +25,20 @@ pretrain: {source: "synth:motion", epochs: 1}
 sweep: {parameters: {pretrain.mask.ratio: [0.5, 0.9]}}
 """
 
-BAD = [
-    ("name: t\npretrain: [1, 2\n", "malformed YAML at line"),
-    ("- just\n- a list\n", "must be a mapping"),
-    (BASE + "colour: blue\n", "colour: unknown key"),
-    (BASE + "pretrain: {epochs: many}\n", "pretrain.epochs: Input should be a valid integer"),
-    (BASE + "pretrain: {mask: {ratio: 1.2}}\n", "pretrain.mask.ratio: Input should be less than 1"),
-    (BASE + "pretrain: {mask: {ratio: 0}}\n", "pretrain.mask.ratio: Input should be greater than 0"),
-    (BASE + "pretrain: {mask: {strategy: checkerboard}}\n", "pretrain.mask.strategy: unknown mask strategy"),
-    (BASE + "pretrain: {loss: hinge}\n", "pretrain.loss: unknown loss"),
-    (BASE + "model: {preset: gigantic}\n", "unknown model preset"),
-    (BASE + "pretrain: {source: 'webcam:0'}\n", "pretrain.source: unknown data source"),
-    (BASE + "evaluate: {source: 'folder:/no/such/videos'}\n", "evaluate.source: data path /no/such/videos does not exist"),
-    ("name: t\nsweep: {parameters: {pretrain.mask.ratio: [0.9, 1.5]}}\n", "sweep.parameters.pretrain.mask.ratio: value 1.5"),
-    ("name: t\nsweep: {parameters: {pretrain.colour: [1]}}\n", "sweep.parameters.pretrain.colour"),
-    ("name: 'a b'\n", "name: String should match pattern"),
-    ("name: t\nsweep: {points: [{pretrain.method: magic}]}\n", "sweep.points[0]: value 'magic': pretrain.method"),
-    ("name: t\nsweep: {points: [{pretrain.colour: 1}]}\n", "sweep.points[0]: value 1: pretrain.colour: unknown key"),
-    ("name: t\nsweep: {points: [{pretrain.clips: 5}], parameters: {pretrain.clips: [1]}}\n",
-     "sweep: points: pretrain.clips is also a swept parameter"),
-    ("name: t\nsweep: {points: [{evaluate.source: 'folder:/no/such'}]}\n", "sweep.points: evaluate.source: data path"),
-]
+BAD_STUDIES = sorted((REPO / "tests" / "bad_studies").glob("*.yaml"))  # first line: "# expect: <message>"
 
 
-@pytest.mark.parametrize("text, message", BAD)
-def test_bad_study_files_name_file_and_field(tmp_path, text, message):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
+@pytest.mark.parametrize("path", BAD_STUDIES, ids=[p.stem for p in BAD_STUDIES])
+def test_bad_study_files_name_file_and_field(path):
+    message = path.read_text().splitlines()[0].removeprefix("# expect: ")
     with pytest.raises(StudyError) as error:
         load_study(path)
     line = str(error.value)
     assert line.startswith(f"{path}: ") and message in line and "\n" not in line
+
+
+def test_the_bad_study_corpus_is_large():
+    assert len(BAD_STUDIES) >= 25
 
 
 def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,106 @@
+"""What Ray costs: the same trials through `harness run` against the same training loop called
+in-process, in one run, and the time from the command to the first trial running.
+
+In-process: each trial is `harness.pretrain.pretrain` then `harness.evaluate.evaluate`, as a Ray
+Train worker runs them, in as many processes at once as `harness run` runs trials (one thread
+each). Through Ray: `harness run` on the same study file and scale, from a fresh local Ray, as a
+user runs it. The synthetic data is made before either is timed.
+
+    python benchmarks/overhead.py                                   # mask_ratio, cpu scale, 2 points, 1 seed
+    python benchmarks/overhead.py --epochs 3 --points 2             # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from harness.study import load_study  # noqa: E402
+from harness.sweep import prepare_data, trial_points  # noqa: E402
+
+
+def in_process_trial(args: tuple[str, str, dict]) -> float:
+    study_path, scale, point = args
+    import torch
+
+    from harness.evaluate import evaluate
+    from harness.pretrain import pretrain
+    from harness.session import Session
+
+    torch.set_num_threads(1)
+    study = load_study(study_path, scale)
+    experiment = study.experiment({k: v for k, v in point.items() if k != "seed"})
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as checkpoints:
+        checkpoint = None
+        if experiment.pretrain.method == "videomae":
+            session = Session(checkpoints)
+            pretrain(experiment, point["seed"], session)
+            checkpoint = session.latest_checkpoint()
+        evaluate(experiment, point["seed"], Session(), checkpoint)
+    return time.perf_counter() - started
+
+
+def through_ray(study_path: str, scale: str, runs: Path) -> tuple[float, float]:
+    """(wall time of `harness run`, seconds from the command to the first trial started)."""
+    started, first = time.perf_counter(), None
+    command = [sys.executable, "-m", "harness.cli", "run", study_path, "--scale", scale, "--runs", str(runs)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO) as run:
+        for line in run.stdout:
+            if first is None and line.rstrip().endswith("] started"):
+                first = time.perf_counter() - started
+    if run.returncode:
+        raise SystemExit(f"harness run failed ({run.returncode})")
+    return time.perf_counter() - started, first or float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", default=str(REPO / "studies" / "mask_ratio.yaml"))
+    parser.add_argument("--scale", default="cpu")
+    parser.add_argument("--points", type=int, default=2, help="grid points to run (default 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="override pretrain.epochs")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = yaml.safe_load(Path(args.study).read_text())
+        raw["name"] = "overhead"
+        raw["seeds"] = [raw.get("seeds", [0])[0]]
+        raw.setdefault("sweep", {})["points"] = raw["sweep"].get("points", [{}])[:args.points]
+        if args.epochs:
+            raw["pretrain"]["epochs"] = args.epochs
+        scale_block = raw.get("scales", {}).get(args.scale) or {}
+        scale_block.pop("sweep.points", None)
+        scale_block.pop("seeds", None)
+        study_path = str(Path(tmp) / "overhead.yaml")
+        Path(study_path).write_text(yaml.safe_dump(raw))
+        study = load_study(study_path, args.scale)
+        points = trial_points(study)
+        prepare_data(study)
+        workers = min(len(points), max(1, int((os.cpu_count() or 1) // study.resources.cpus_per_worker)))
+        print(f"{len(points)} trials of {study.name} ({args.scale} scale, {study.pretrain.epochs} epochs), "
+              f"{workers} at a time", flush=True)
+
+        started = time.perf_counter()
+        with ProcessPoolExecutor(workers) as pool:
+            trial_times = list(pool.map(in_process_trial, [(study_path, args.scale, p) for p in points]))
+        in_process = time.perf_counter() - started
+        print(f"in-process: {in_process:.1f} s (trials {', '.join(f'{t:.1f}' for t in trial_times)} s)", flush=True)
+
+        ray_wall, first = through_ray(study_path, args.scale, Path(tmp) / "runs")
+        print(f"harness run: {ray_wall:.1f} s; first trial started {first:.1f} s after the command", flush=True)
+        print(f"overhead: {100 * (ray_wall / in_process - 1):+.1f}% ({ray_wall - in_process:+.1f} s over "
+              f"{len(points)} trials)")
+
+
+if __name__ == "__main__":
+    main()

@@ -44,14 +44,17 @@ def _groups(trials: pd.DataFrame, parameter: str) -> list[str]:
             and trials[p].notna().any() and not _determines(trials, parameter, p)]
 
 
-def plotted_parameters(trials: pd.DataFrame) -> list[str]:
-    """Swept parameters worth an x axis: of two that determine each other, the one set more often."""
-    swept = sorted(parameters(trials), key=lambda p: trials[p].isna().sum())
-    kept: list[str] = []
-    for p in swept:
-        if not any(_determines(trials, p, q) and _determines(trials, q, p) for q in kept):
-            kept.append(p)
-    return [p for p in parameters(trials) if p in kept]
+def plotted_parameters(trials: pd.DataFrame) -> dict[str, list[str]]:
+    """Swept parameters worth an x axis, each with the ones that move with it: of two that
+    determine each other (e.g. pre-training and labelled clip counts), the one set more often."""
+    kept: dict[str, list[str]] = {}
+    for p in sorted(parameters(trials), key=lambda p: trials[p].isna().sum()):
+        twin = next((q for q in kept if _determines(trials, p, q) and _determines(trials, q, p)), None)
+        if twin:
+            kept[twin].append(p)
+        else:
+            kept[p] = []
+    return {p: kept[p] for p in parameters(trials) if p in kept}
 
 
 def _label(names: list[str], key: Any) -> str:
@@ -59,7 +62,8 @@ def _label(names: list[str], key: Any) -> str:
     return ", ".join(f"{n.rsplit('.', 1)[-1]}={'-' if pd.isna(v) else v}" for n, v in zip(names, values)) or "ours"
 
 
-def parameter_figure(trials: pd.DataFrame, parameter: str, metric: str = METRIC) -> go.Figure:
+def parameter_figure(trials: pd.DataFrame, parameter: str, metric: str = METRIC,
+                     alongside: list[str] | None = None) -> go.Figure:
     """Numeric parameter: a mean line and 95% band over seeds per group (log x for clip counts),
     rows without the parameter (e.g. scratch) as a flat reference; categorical: bars with intervals."""
     ok = trials[trials["status"] == "ok"]
@@ -85,7 +89,8 @@ def parameter_figure(trials: pd.DataFrame, parameter: str, metric: str = METRIC)
     _paper_traces(figure, parameter, numeric)
     log_x = numeric and parameter.endswith("clips") and ok[parameter].min() > 0
     figure.update_layout(title=f"{metric} by {parameter} (mean over seeds, 95% interval)", template="plotly_white",
-                         xaxis={"title": parameter, "type": "log" if log_x else "-"}, yaxis_title=f"{metric} (ours)",
+                         xaxis={"title": " = ".join([parameter, *(alongside or [])]), "type": "log" if log_x else "-"},
+                         yaxis_title=f"{metric} (ours)",
                          barmode="group", legend={"orientation": "h", "y": -0.25})
     return figure
 
@@ -166,7 +171,7 @@ def loss_curve_figure(trials: pd.DataFrame, column: str = "pretrain_loss_curve",
 def figures(trials: pd.DataFrame) -> list[go.Figure]:
     """Every figure the rows support, in reading order."""
     swept, shift = plotted_parameters(trials), domain_shift_figure(trials)
-    found = [parameter_figure(trials, p) for p in swept
+    found = [parameter_figure(trials, p, alongside=twins) for p, twins in swept.items()
              if not (shift and p in ("pretrain.source", "evaluate.source"))]
     if any(p.endswith("clips") for p in swept):
         found.append(data_efficiency_paper_figure())

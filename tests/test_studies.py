@@ -43,3 +43,25 @@ def test_study_runs_at_smoke_scale_and_reports(path, ray_cluster, tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     summary = json.loads((tmp_path / "reports" / f"{study.name}.json").read_text())
     assert summary["trials"] == str(len(trials)) and summary["scale"] == "smoke"
+    # One seed at smoke scale: any finding the rows allow is judged inconclusive, never reproduced.
+    assert all(f["verdict"] == "inconclusive (one seed)" for f in summary["findings"])
+    check_figure_data(study.name, trials)
+
+
+def check_figure_data(name, trials):
+    """The figures draw the rows' own numbers."""
+    from harness.figures import domain_shift_figure, parameter_figure
+
+    if name == "domain_shift":
+        heat = domain_shift_figure(trials).data[0]
+        for i, source in enumerate(heat.y):
+            for j, target in enumerate(heat.x):
+                cell = trials[(trials["pretrain.source"].fillna("none (scratch)") == source)
+                              & (trials["evaluate.source"] == target)]
+                assert heat.z[i][j] == pytest.approx(cell["eval_top1"].mean())
+    if name == "data_efficiency":
+        figure = parameter_figure(trials, "evaluate.train_clips")
+        lines = {t.name: t for t in figure.data if t.mode and "lines" in t.mode}
+        for method, rows in trials.groupby("pretrain.method"):
+            line = lines[f"method={method}"]
+            assert list(line.x) == [24] and line.y[0] == pytest.approx(rows["eval_top1"].iloc[0])

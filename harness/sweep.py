@@ -125,15 +125,33 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
 class TrialRecorder(Callback):
     """Prints progress and writes each finished trial's row to trials.parquet at once."""
 
-    def __init__(self, study: Study, run_dir: Path, total: int):
+    def __init__(self, study: Study, run_dir: Path, total: int, table_every_s: float = 60.0):
         self.study, self.run_dir, self.total = study, run_dir, total
-        self.finished = 0
+        self.finished, self.latest = 0, {}  # trial id -> its last progress report
+        self.started, self.table_every_s, self.last_table = time.monotonic(), table_every_s, time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         print(f"  [{_label(trial.config)}] started", flush=True)
 
+    def on_step_end(self, iteration, trials, **info) -> None:
+        """Every `table_every_s`: a table of where each running trial is, and what is left."""
+        now = time.monotonic()
+        if now - self.last_table < self.table_every_s:
+            return
+        self.last_table = now
+        running = [t for t in trials if t.status == "RUNNING"]
+        pending = sum(t.status == "PENDING" for t in trials)
+        lines = [f"  -- {(now - self.started) / 60:.1f} min: {self.finished} finished, {len(running)} running, "
+                 f"{pending} waiting (of {self.total})"]
+        for trial in running:
+            last = self.latest.get(trial.trial_id, {})
+            where = f"{last['stage']} epoch {last['epoch']}/{last['total_epochs']}" if "epoch" in last else "starting"
+            lines.append(f"     {where:28s} [{_label(trial.config)}]")
+        print("\n".join(lines), flush=True)
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         label, stage = _label(trial.config), result.get("stage")
+        self.latest[trial.trial_id] = result
         if stage in ("pretrain", "finetune"):
             print(f"  [{label}] {stage} epoch {result['epoch']}/{result['total_epochs']}"
                   f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)

@@ -48,13 +48,28 @@ def header(trials: pd.DataFrame, description: str = "") -> dict[str, str]:
     started = finished - pd.to_timedelta(trials["wall_time_s"], unit="s")
     facts = {"study": str(first["study"]), "description": description,
              "scale": ", ".join(sorted(trials["scale"].astype(str).unique())),
-             "trials": str(len(trials)), "seeds": str(trials["seed"].nunique()),
+             "trials": _trial_count(trials), "seeds": str(trials["seed"].nunique()),
              "evaluation": _distinct(trials, "eval_protocol"), "precision": _distinct(trials, "precision"),
              "machine": _distinct(trials, "machine"),
              "commit": _distinct(trials, "git_commit"),
              "time it took": f"{(finished.max() - started.min()).total_seconds() / 60:.1f} min wall clock "
                              f"({trials['wall_time_s'].sum() / 60:.1f} min of trial time)"}
     return {k: v for k, v in facts.items() if v}
+
+
+def _trial_count(trials: pd.DataFrame) -> str:
+    """"12", or "12 (10 ok, 1 diverged, 1 failed)" when some did not finish."""
+    counts = trials["status"].value_counts()
+    if set(counts.index) == {"ok"}:
+        return str(len(trials))
+    return f"{len(trials)} ({', '.join(f'{n} {status}' for status, n in counts.items())})"
+
+
+def unfinished_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that diverged or failed, with their parameters and reason (empty when all finished)."""
+    columns = ["status", *parameters(trials), "seed", "reason", "trial_id"]
+    bad = trials[trials["status"] != "ok"]
+    return bad[[c for c in columns if c in bad]].sort_values("status")
 
 
 def _distinct(trials: pd.DataFrame, column: str) -> str:
@@ -122,6 +137,7 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     facts = header(trials, _description(run_dir))
     name = facts["study"]
     found, table, cost = findings(trials, parameters(trials)), summary_table(trials), cost_table(trials)
+    unfinished = unfinished_table(trials)
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_rows(run_dir, out_dir / name)
     gallery = _gallery(run_dir, trials, out_dir / f"{name}_gallery.png")
@@ -144,7 +160,9 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
             f"<h2>Figures</h2>{''.join(charts)}"
             f"<h2>Configurations ({METRIC}, mean over seeds, 95% interval)</h2>"
             f"{table.to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
-            f"<h2>Cost</h2>{cost.to_html(index=False, float_format=lambda v: f'{v:.4g}')}{gallery_html}"
+            f"<h2>Cost</h2>{cost.to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
+            + (f"<h2>Trials that did not finish</h2>{unfinished.to_html(index=False)}" if len(unfinished) else "")
+            + f"{gallery_html}"
             "</body></html>")
     html_path = out_dir / f"{name}.html"
     html_path.write_text(page)
@@ -152,7 +170,8 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     html_path.with_suffix(".md").write_text(
         f"# Study: {name}\n\n{facts_md}\n\n## Findings\n\n{findings_markdown(found)}\n"
         f"## Configurations ({METRIC}, mean over seeds, 95% interval)\n\n{markdown_table(table)}\n"
-        f"## Cost\n\n{markdown_table(cost)}" + (f"\n## Reconstructions\n\n![reconstructions]({gallery.name})\n" if gallery else ""))
+        f"## Cost\n\n{markdown_table(cost)}"
+        + (f"\n## Trials that did not finish\n\n{markdown_table(unfinished)}" if len(unfinished) else "") + (f"\n## Reconstructions\n\n![reconstructions]({gallery.name})\n" if gallery else ""))
     html_path.with_suffix(".json").write_text(json.dumps(
         {**facts, "findings": found[["finding", "context", "difference", "verdict"]].to_dict("records") if not found.empty else []}))
     write_index(out_dir)
@@ -190,7 +209,7 @@ def status_table(run_dir: Path) -> str:
     """`harness status`: how many trials finished, and each configuration, best first."""
     trials = read_trials(run_dir)
     facts = header(trials)
-    lines = [f"{facts['study']}: {facts['trials']} trials recorded ({facts['scale']} scale), {facts['time it took']}"]
+    lines = [f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}, {facts['time it took']}"]
     return "\n".join(lines) + "\n" + summary_table(trials).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 

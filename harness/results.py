@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ EPOCHS_FILE = "epochs.parquet"  # one row per pre-training epoch of each trial
 STUDY_FILE = "study.json"      # the validated study, written into the run folder by `harness run`
 
 
+FAULT_ENV = "VIDEOMAE_HARNESS_FAULT"  # fault injection for the interruption tests only
 MIN_FREE_BYTES = 200 * 2 ** 20  # below this a study would fail mid-way writing checkpoints
 
 
@@ -56,6 +58,8 @@ def upsert_rows(path: str | Path, rows: list[dict], key: str = "trial_id") -> pd
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     pq.write_table(table, partial)
+    if os.environ.get(FAULT_ENV) == f"kill-while-replacing:{path.name}" and path.exists():
+        os.kill(os.getpid(), signal.SIGKILL)  # tests: the driver dies between the write and the rename
     os.replace(partial, path)
     return new
 
@@ -66,3 +70,9 @@ def read_trials(run_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results yet (run the study first)")
     return pd.read_parquet(path)
+
+
+def remove_partial_writes(run_dir: str | Path) -> None:
+    """Drop temp files left by a process killed mid-write (the files they were for are intact)."""
+    for partial in Path(run_dir).glob(".*.partial"):
+        partial.unlink(missing_ok=True)

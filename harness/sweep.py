@@ -17,7 +17,7 @@ import torch
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, upsert_rows
+from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, remove_partial_writes, upsert_rows
 from .sources import check_files, resolve_source
 from .study import Study, StudyError, data_sources, get_path
 from .trial import POINT, TRIAL_CPU, run_trial, sweep_point
@@ -164,10 +164,17 @@ class TrialRecorder(Callback):
                   f"({self.finished}/{self.total} this session)", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """A trial that failed after its retries: a `failed` row with the reason; the rest go on."""
         where = Path(trial.error_file) if trial.error_file else None
-        lines = where.read_text().strip().splitlines() if where and where.exists() else []
-        reason = lines[-1] if lines else "see the Ray logs"
+        reason = failure_reason(where)
+        record_trial(self.run_dir, self.study, trial.trial_id, trial.config, {"status": "failed", "reason": reason})
         print(f"  [{_label(trial.config)}] FAILED: {reason} ({where})", flush=True)
+
+
+def failure_reason(error_file: Path | None) -> str:
+    """The last line of a trial's traceback (the exception and its message), or where to look."""
+    lines = error_file.read_text().strip().splitlines() if error_file and error_file.exists() else []
+    return lines[-1][:500] if lines else "no traceback kept; see the Ray logs"
 
 
 def _label(config: dict) -> str:
@@ -178,8 +185,13 @@ def _label(config: dict) -> str:
 
 
 def recorded_trials(run_dir: Path) -> set[str]:
+    """Trials whose row is final: finished (ok or diverged). A failed row is replaced if a resumed
+    run of that trial finishes."""
     path = run_dir / TRIALS_FILE
-    return set(pd.read_parquet(path, columns=["trial_id"])["trial_id"]) if path.exists() else set()
+    if not path.exists():
+        return set()
+    rows = pd.read_parquet(path, columns=["trial_id", "status"])
+    return set(rows.loc[rows["status"] != "failed", "trial_id"])
 
 
 def record_trial(run_dir: Path, study: Study, trial_id: str, config: dict, result: dict) -> None:
@@ -236,6 +248,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")
     run_dir = Path(runs_root).absolute() / study.name  # nothing is written here before the plan fits
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(run_dir)
     study_file = run_dir / STUDY_FILE  # what the report reads for the description and the gallery
     study_file.with_suffix(".partial").write_text(study.model_dump_json(indent=1))
     os.replace(study_file.with_suffix(".partial"), study_file)
@@ -264,6 +277,11 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     done = [r for r in grid if r.error is None and r.metrics.get("stage") == "done"]
     for r in done:  # a row lost to an interruption between a trial's end and its write lands now
         record_trial(run_dir, study, r.metrics["trial_id"], r.config, r.metrics)
+    for r in grid:  # likewise a failure, if it reported anything (else on_trial_error recorded it)
+        if r.error is not None and r.metrics.get("trial_id"):
+            error_file = Path(r.path) / "error.txt" if r.path else None
+            record_trial(run_dir, study, r.metrics["trial_id"], r.config,
+                         {"status": "failed", "reason": failure_reason(error_file)})
     failed = sum(1 for r in grid if r.error is not None)
     print(f"{len(done)} trials finished, {failed} failed; results: {run_dir / TRIALS_FILE}", flush=True)
     return run_dir, failed

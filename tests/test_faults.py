@@ -1,0 +1,222 @@
+"""Faults through real Ray on a 2-node `ray.cluster_utils.Cluster`: the driver killed (kill -9) at
+each phase of a study then the same command rerun, a Train worker killed mid-epoch, a trial that
+keeps failing, and the loss of a node running a worker. Each ends with every trial recorded once."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import MICRO, write_study as write_micro_study
+from harness.results import FAULT_ENV
+from harness.synth import SynthParams, render_clip, write_mp4
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 8  # pre-training epochs of the studies here, unless a test says otherwise
+
+
+def write_study(tmp_path, name, **sections):
+    return write_micro_study(tmp_path, name, **{"pretrain": {"epochs": EPOCHS, "batch_size": 16}, **sections})
+
+
+def start(study, cluster, cwd, env=None):
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(study), "--address", cluster.address],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, **(env or {})})
+
+
+def finish(driver, timeout=600):
+    output, _ = driver.communicate(timeout=timeout)
+    return driver.returncode, output
+
+
+def run(study, cluster, cwd):
+    code, output = finish(start(study, cluster, cwd))
+    assert code == 0, output[-5000:]
+    return output
+
+
+def wait_for(condition, driver, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if driver.poll() is not None:
+            pytest.fail(f"the study ended first:\n{driver.stdout.read()[-4000:]}")
+        time.sleep(0.2)
+    pytest.fail("timed out")
+
+
+def kill_driver(driver):
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(3)  # the driver's trial actors die with it, a moment later
+
+
+def unfinished_with_checkpoint(run_dir, stage):
+    """Trials with a checkpoint of `stage` (pretrain or eval) registered that have not finished."""
+    found = set()
+    for snapshot in (run_dir / "train").glob(f"*-{stage}/checkpoint_manager_snapshot.json"):
+        trial = snapshot.parent.name.removesuffix(f"-{stage}")
+        if not (run_dir / "train" / f"{trial}.summary.json").exists():
+            found.add(trial)
+    return found
+
+
+def rows(run_dir):
+    return pd.read_parquet(run_dir / "trials.parquet")
+
+
+def check_complete(run_dir, before, trials, epochs):
+    """Every trial exactly once, finished rows untouched, every epoch row once per trial."""
+    after = rows(run_dir).set_index("trial_id")
+    assert len(after) == trials and after.index.is_unique and (after["status"] == "ok").all()
+    assert after.loc[before["trial_id"], "finished_at"].tolist() == before["finished_at"].tolist()
+    per_trial = pd.read_parquet(run_dir / "epochs.parquet").groupby("trial_id")["epoch"].apply(sorted).map(list)
+    assert len(per_trial) == trials and (per_trial == [list(range(1, epochs + 1))] * trials).all()
+    return after
+
+
+PHASES = {  # what the driver is killed during: the study, and when to kill
+    "pretraining": ({"pretrain": {"epochs": 16, "batch_size": 16},
+                     "sweep": {"parameters": {"pretrain.mask.ratio": [0.75, 0.9]}}},
+                    lambda run_dir: unfinished_with_checkpoint(run_dir, "pretrain")),
+    "evaluation": ({"evaluate": {"protocol": "finetune", "train_clips": 32,
+                                 "finetune": {"epochs": 30, "batch_size": 16, "warmup_epochs": 1}},
+                    "sweep": {"parameters": {"pretrain.mask.ratio": [0.75, 0.9]}}},
+                   lambda run_dir: unfinished_with_checkpoint(run_dir, "eval")),
+    "between trials": ({"resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+                        "sweep": {"parameters": {"pretrain.mask.ratio": [0.75, 0.9]}}},
+                       lambda run_dir: (run_dir / "trials.parquet").exists()),
+}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_driver_killed_then_rerun_completes_each_trial_once(phase, tmp_path, cluster):
+    sections, moment = PHASES[phase]
+    study = write_study(tmp_path, "killed", **sections)
+    run_dir = tmp_path / "runs" / "killed"
+    driver = start(study, cluster, tmp_path)
+    wait_for(lambda: moment(run_dir), driver)
+    interrupted = {stage: unfinished_with_checkpoint(run_dir, stage) for stage in ("pretrain", "eval")}
+    kill_driver(driver)
+    before = rows(run_dir) if (run_dir / "trials.parquet").exists() else pd.DataFrame({"trial_id": [], "finished_at": []})
+
+    assert "resuming" in run(study, cluster, tmp_path)
+    trials = len(sections["sweep"]["parameters"]["pretrain.mask.ratio"])
+    epochs = sections.get("pretrain", {"epochs": EPOCHS})["epochs"]
+    after = check_complete(run_dir, before, trials, epochs)
+    if phase == "pretraining":  # the interrupted trial went on from its checkpoint
+        assert (after.loc[sorted(interrupted["pretrain"]), "resumed_from_epoch"] >= 1).all()
+
+
+def test_driver_killed_while_replacing_the_results_file(tmp_path, cluster):
+    """The driver dies between writing the new trials.parquet and renaming it over the old one."""
+    study = write_study(tmp_path, "torn", sweep={"parameters": {"pretrain.mask.ratio": [0.75, 0.9]}},
+                        resources={**MICRO["resources"], "max_concurrent_trials": 1})
+    run_dir = tmp_path / "runs" / "torn"
+    code, output = finish(start(study, cluster, tmp_path, env={FAULT_ENV: "kill-while-replacing:trials.parquet"}))
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert list(run_dir.glob(".trials.parquet.*.partial"))  # the new file was written, not renamed
+    before = rows(run_dir)  # the old file is whole
+    assert len(before) == 1
+    time.sleep(3)
+
+    run(study, cluster, tmp_path)
+    check_complete(run_dir, before, 2, EPOCHS)
+    assert not list(run_dir.glob(".*.partial"))
+
+
+def parent(pid):
+    """The parent pid from /proc (0 once the process is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def cluster_workers(cluster):
+    """(pid, node) of each Ray Train worker process of this cluster, by the raylet it descends from."""
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in cluster.list_all_nodes()}
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"RayTrainWorker" not in (entry / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        pid = ancestor = int(entry.name)
+        while ancestor > 1 and ancestor not in raylets:
+            ancestor = parent(ancestor)
+        if ancestor in raylets:
+            found.append((pid, raylets[ancestor]))
+    return found
+
+
+def test_train_worker_killed_mid_epoch_restarts_from_its_checkpoint(tmp_path, cluster):
+    study = write_study(tmp_path, "worker", pretrain={"epochs": 16, "batch_size": 16})
+    run_dir = tmp_path / "runs" / "worker"
+    driver = start(study, cluster, tmp_path)
+    wait_for(lambda: unfinished_with_checkpoint(run_dir, "pretrain") and cluster_workers(cluster), driver)
+    for pid, _ in cluster_workers(cluster):
+        os.kill(pid, signal.SIGKILL)
+    code, output = finish(driver)
+    assert code == 0, output[-5000:]
+    trial = check_complete(run_dir, rows(run_dir).iloc[:0], 1, 16).iloc[0]
+    assert trial["resumed_from_epoch"] >= 1
+
+
+def broken_manifest(folder, good=12):
+    """A manifest of real mp4 clips, one of which is empty (0 bytes)."""
+    folder.mkdir()
+    params = SynthParams(size=32, frames=32, background="texture")
+    lines = ["path,label,split"]
+    for index in range(good):
+        frames, _ = render_clip(params, "train", index)
+        write_mp4(folder / f"clip{index}.mp4", frames)
+        lines.append(f"clip{index}.mp4,0,train")
+    (folder / "empty.mp4").write_bytes(b"")
+    lines.append("empty.mp4,0,train")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.csv"
+
+
+def test_a_trial_that_keeps_failing_is_recorded_as_failed_and_the_others_go_on(tmp_path, cluster):
+    manifest = broken_manifest(tmp_path / "videos")
+    study = write_study(tmp_path, "failing", pretrain={"epochs": 1, "batch_size": 13, "source": f"manifest:{manifest}"},
+                        sweep={"parameters": {"on_error": ["raise", "skip"]}})
+    run_dir = tmp_path / "runs" / "failing"
+    code, output = finish(start(study, cluster, tmp_path))
+    assert code == 1 and "FAILED" in output, output[-5000:]
+    trials = rows(run_dir).set_index("on_error")
+    assert trials.loc["skip", "status"] == "ok" and trials.loc["skip", "skipped_videos"] == 1
+    assert trials.loc["raise", "status"] == "failed" and "empty file (0 bytes)" in trials.loc["raise", "reason"]
+    report = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(run_dir), "--out", str(tmp_path / "reports")],
+                            capture_output=True, text=True)
+    page = (tmp_path / "reports" / "failing.md").read_text()
+    assert report.returncode == 0 and "1 ok, 1 failed" in page
+    assert "## Trials that did not finish" in page and "empty.mp4: empty file (0 bytes)" in page
+
+
+def test_losing_the_node_of_a_worker_ends_in_a_completed_trial_after_at_most_one_rerun(tmp_path, cluster):
+    cluster.add_node(num_cpus=1)  # three 1-CPU nodes: the two workers leave one node spare
+    cluster.wait_for_nodes()
+    study = write_study(tmp_path, "node", pretrain={"epochs": 16, "batch_size": 16},
+                        resources={"workers_per_trial": 2, "cpus_per_worker": 1})
+    run_dir = tmp_path / "runs" / "node"
+    driver = start(study, cluster, tmp_path)
+    wait_for(lambda: unfinished_with_checkpoint(run_dir, "pretrain") and len(cluster_workers(cluster)) == 2, driver)
+    doomed = next(node for _, node in cluster_workers(cluster) if node is not cluster.head_node)
+    cluster.remove_node(doomed, allow_graceful=False)
+    code, output = finish(driver)
+    if code != 0:  # a clear failure, which the rerun retries
+        assert "FAILED" in output, output[-5000:]
+        code, output = finish(start(study, cluster, tmp_path))
+        assert code == 0, output[-5000:]
+    trial = check_complete(run_dir, rows(run_dir).iloc[:0], 1, 16).iloc[0]
+    assert trial["resumed_from_epoch"] >= 1

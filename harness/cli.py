@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from .sweep import run_study
 
     run_dir, failed = run_study(study, args.runs, address=args.address, restart=args.restart,
-                                verbose=args.verbose, source=args.study)
+                                verbose=args.verbose, source=args.study, storage=args.storage)
     print(f"report: harness report {run_dir}")
     return 1 if failed else 0
 
@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("study", help="study YAML file, e.g. studies/mask_ratio.yaml")
     run.add_argument("--scale", choices=SCALES, default=DEFAULT_SCALE, help="named scale (default: cpu)")
     run.add_argument("--runs", default="runs", help="folder for results (default: ./runs)")
+    run.add_argument("--storage", default=None,
+                     help="where Ray keeps checkpoints and trial state, for multi-node runs: a shared path or a "
+                          "pyarrow URI (s3://bucket/path, gs://...); default: the run folder")
     run.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local Ray)")
     run.add_argument("--restart", action="store_true", help="start over instead of resuming")
     run.add_argument("--dry-run", action="store_true", help="print the trials and resources; run nothing")

@@ -2,11 +2,13 @@
 validation clips, from a finished trial's pre-training checkpoint, as one PNG."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
 import torch
 from PIL import Image
 
@@ -16,18 +18,28 @@ from .evaluate import eval_dataset
 from .pretrain import CHECKPOINT_FILE
 from .results import STUDY_FILE
 from .sources import resolve_source, split
+from .storage import Storage, study_storage
 from .study import Study
 
 
-def latest_checkpoint(run_dir: Path, pretrain_run: str) -> Path | None:
-    found = sorted((run_dir / "train" / pretrain_run).glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
-    return found[-1] if found else None
+def latest_checkpoint(storage: Storage, pretrain_run: str) -> dict | None:
+    """The last checkpoint of a pre-training run, read from wherever the study kept them."""
+    try:
+        found = sorted(info.path for info in storage.filesystem.get_file_info(
+            pafs.FileSelector(storage.path("train", pretrain_run), allow_not_found=True, recursive=True))
+            if info.path.endswith(f"/{CHECKPOINT_FILE}"))
+        if not found:
+            return None
+        with storage.filesystem.open_input_stream(found[-1]) as stream:
+            return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
+    except OSError:  # the storage is unreachable from here (no credentials, offline): no gallery
+        return None
 
 
 def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames: int = 4) -> Path | None:
     """Write the gallery of trial `row` to `out`; None when its checkpoint or study is gone."""
     run = row.get("pretrain_run") if isinstance(row.get("pretrain_run"), str) else f"{row['trial_id']}-pretrain"
-    checkpoint, study_file = latest_checkpoint(run_dir, run), run_dir / STUDY_FILE
+    checkpoint, study_file = latest_checkpoint(study_storage(run_dir), run), run_dir / STUDY_FILE
     if checkpoint is None or not study_file.exists():
         return None
     study = Study.model_validate(json.loads(study_file.read_text()))
@@ -35,7 +47,7 @@ def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames
                              for name in study.sweep.swept_names() if name in row and not _missing(row[name])}
     experiment = study.experiment(point)
     model = VideoMAE(experiment.model.build(), loss=experiment.pretrain.loss)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    model.load_state_dict(checkpoint["model"])
     model.eval()
     table = split(resolve_source(experiment.evaluate.source, experiment.synth_params()), "val").head(clips)
     video = torch.stack([eval_dataset(experiment, table, train=False)[i][0] for i in range(len(table))])

@@ -150,6 +150,16 @@ class Distribution(Strict):
         return self
 
 
+class EarlyStoppingSpec(Strict):
+    """ASHA (asynchronous successive halving) on the pre-training loss: at pre-training epochs
+    grace_period, grace_period x reduction_factor, ... a trial whose loss is not among the best
+    1/reduction_factor of the trials that reached that epoch stops, with status `stopped`. Losses
+    must be comparable across the sweep: sweep the optimizer or schedule, not the loss or mask."""
+    method: Literal["asha"] = "asha"
+    grace_period: int = Field(1, ge=1)           # pre-training epochs before any trial is stopped
+    reduction_factor: float = Field(2.0, gt=1)   # keep the best 1/reduction_factor at each rung
+
+
 class SweepSpec(Strict):
     """grid: every combination of the listed values, crossed with each of `points` (explicit
     configurations, e.g. a scratch baseline, or a data source with its own clip count), x seeds.
@@ -161,6 +171,7 @@ class SweepSpec(Strict):
     num_samples: int = Field(10, ge=1)    # optuna only
     sampler_seed: int = 0                 # optuna only
     metric: str = "eval_top1"             # what optuna optimizes
+    early_stopping: EarlyStoppingSpec | None = None  # optional ASHA on the pre-training loss
     mode: Literal["max", "min"] = "max"
 
     @model_validator(mode="after")

@@ -15,12 +15,14 @@ import ray
 import ray.tune
 import torch
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, remove_partial_writes, upsert_rows
 from .sources import check_files, resolve_source
+from .storage import Storage, remember_storage
 from .study import Study, StudyError, data_sources, get_path
-from .trial import POINT, TRIAL_CPU, run_trial, sweep_point
+from .trial import POINT, TRIAL_CPU, PretrainLeases, leases_name, run_trial, sweep_point
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
                "eval_top1", "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s", "wall_time_s", "skipped_videos",
@@ -163,12 +165,47 @@ class TrialRecorder(Callback):
             print(f"  [{label}] done: {outcome} in {result['wall_time_s']:.0f} s "
                   f"({self.finished}/{self.total} this session)", flush=True)
 
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """A trial that ended without its summary was stopped early by the scheduler (ASHA)."""
+        last = trial.last_result or {}
+        if last.get("stage") == "done":
+            return
+        self.finished += 1
+        result = stopped_result(last)
+        record_trial(self.run_dir, self.study, trial.trial_id, trial.config, result)
+        print(f"  [{_label(trial.config)}] STOPPED: {result['reason']}", flush=True)
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         """A trial that failed after its retries: a `failed` row with the reason; the rest go on."""
         where = Path(trial.error_file) if trial.error_file else None
         reason = failure_reason(where)
         record_trial(self.run_dir, self.study, trial.trial_id, trial.config, {"status": "failed", "reason": reason})
         print(f"  [{_label(trial.config)}] FAILED: {reason} ({where})", flush=True)
+
+
+def stopped_result(last: dict[str, Any]) -> dict[str, Any]:
+    """The row of a trial stopped early, from its last pre-training report."""
+    loss = last.get("loss")
+    return {"status": "stopped", "pretrain_loss": loss, "pretrain_loss_curve": last.get("loss_curve", []),
+            "pretrain_epochs": last.get("epochs", []), "resumed_from_epoch": last.get("resumed_from_epoch"),
+            "reason": f"stopped early by ASHA after pre-training epoch {last.get('epoch')}"
+                      + (f" (pretrain_loss {loss:.4g})" if loss is not None else "")}
+
+
+def early_stopping(study: Study) -> TrialScheduler | None:
+    """ASHA over the pre-training epochs, if the study asks for it (see EarlyStoppingSpec)."""
+    spec = study.sweep.early_stopping
+    if spec is None:
+        return None
+    swept = study.sweep.parameters.get("pretrain.epochs")
+    epochs = max([study.pretrain.epochs, *(swept if isinstance(swept, list) else [])]
+                 + [int(point.get("pretrain.epochs", 0)) for point in study.sweep.points])
+    # Tune would insist that every report carry the loss; evaluation reports have none by design.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # stop_last_trials=False: a trial that reaches the last epoch goes on to its evaluation.
+    return ASHAScheduler(
+        time_attr="pretrain_epoch", metric="pretrain_loss", mode="min", max_t=max(epochs, spec.grace_period),
+        grace_period=spec.grace_period, reduction_factor=spec.reduction_factor, stop_last_trials=False)
 
 
 def failure_reason(error_file: Path | None) -> str:
@@ -239,44 +276,57 @@ def environment() -> dict[str, Any]:
 
 
 def run_study(study: Study, runs_root: str | Path, address: str | None = None, restart: bool = False,
-              verbose: bool = False, source: str = "") -> tuple[Path, int]:
+              verbose: bool = False, source: str = "", storage: str | None = None) -> tuple[Path, int]:
     """Run every trial not yet finished; returns the study's run folder and the failed count.
-    `source` (the study file) prefixes errors found once the cluster is known."""
+    `source` (the study file) prefixes errors found once the cluster is known. `storage` (a path
+    or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
+    ray_storage = Storage.at(storage, study.name) if storage else None
+    if ray_storage:
+        ray_storage.check_writable()
     prepare_data(study)
     start_ray(address, verbose)
     plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")
     run_dir = Path(runs_root).absolute() / study.name  # nothing is written here before the plan fits
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(run_dir)
+    remember_storage(run_dir, storage)
     study_file = run_dir / STUDY_FILE  # what the report reads for the description and the gallery
     study_file.with_suffix(".partial").write_text(study.model_dump_json(indent=1))
     os.replace(study_file.with_suffix(".partial"), study_file)
     print(f"{plan['trials']} trials, {plan['concurrent_trials']} at a time, "
           f"{plan['cpus_per_trial']:g} CPU / {plan['gpus_per_trial']:g} GPU each", flush=True)
+    if ray_storage:
+        print(f"checkpoints and trial state: {ray_storage.describe()}", flush=True)
+    ray_storage = ray_storage or Storage.at(str(run_dir))
+    # Kept referenced until the study ends: a named actor without a handle is collected.
+    leases = PretrainLeases.options(name=leases_name(study.name), get_if_exists=True).remote()
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, study=study.model_dump(), storage=str(run_dir / "train")),
-        {"CPU": TRIAL_CPU})
-    tune_dir = run_dir / "tune"
-    if not restart and ray.tune.Tuner.can_restore(str(tune_dir)):
-        print(f"resuming {tune_dir} (finished trials are kept; --restart starts over)", flush=True)
-        tuner = ray.tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+        ray.tune.with_parameters(run_trial, study=study.model_dump(), storage=ray_storage), {"CPU": TRIAL_CPU})
+    tune_dir, filesystem = ray_storage.path("tune"), ray_storage.filesystem
+    if not restart and ray.tune.Tuner.can_restore(tune_dir, storage_filesystem=filesystem):
+        print(f"resuming {ray_storage.describe()}/tune (finished trials are kept; --restart starts over)", flush=True)
+        tuner = ray.tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
         tuner = ray.tune.Tuner(
             trainable,
             param_space=param_space(study),
             tune_config=ray.tune.TuneConfig(max_concurrent_trials=plan["concurrent_trials"],
-                                            search_alg=search_algorithm(study),
+                                            search_alg=search_algorithm(study), scheduler=early_stopping(study),
                                             num_samples=study.sweep.num_samples if study.sweep.method == "optuna" else 1),
             run_config=ray.tune.RunConfig(
-                name="tune", storage_path=str(run_dir), verbose=0,
+                name="tune", storage_path=ray_storage.root, storage_filesystem=filesystem, verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=1),
                 callbacks=[TrialRecorder(study, run_dir, plan["trials"])]),
         )
     grid = tuner.fit()
+    ray.kill(leases)
     done = [r for r in grid if r.error is None and r.metrics.get("stage") == "done"]
     for r in done:  # a row lost to an interruption between a trial's end and its write lands now
         record_trial(run_dir, study, r.metrics["trial_id"], r.config, r.metrics)
+    for r in grid:  # and a trial stopped early
+        if r.error is None and r.metrics.get("stage") == "pretrain" and r.metrics.get("trial_id"):
+            record_trial(run_dir, study, r.metrics["trial_id"], r.config, stopped_result(r.metrics))
     for r in grid:  # likewise a failure, if it reported anything (else on_trial_error recorded it)
         if r.error is not None and r.metrics.get("trial_id"):
             error_file = Path(r.path) / "error.txt" if r.path else None

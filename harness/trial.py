@@ -4,10 +4,9 @@ This is the only layer (with harness/sweep.py) that imports Ray; the loops it ru
 functions of (experiment, seed, session)."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from .evaluate import evaluate
 from .pretrain import pretrain
 from .session import Session
+from .storage import Storage
 from .study import Experiment, Study
 
 
 TRIAL_CPU = 0.01  # what the Tune trainable itself reserves: it only waits on its Train runs
+LEASE_S = 60.0    # a pre-training lease not renewed for this long is taken over: its trial died
 POINT = "point"   # a grid trial's config: {POINT: {dotted path: value}, "seed": s}; Optuna's is flat
 
 
@@ -70,12 +71,24 @@ def pretrain_worker(config: dict) -> None:
 
 def evaluate_worker(config: dict) -> None:
     experiment, seed, session = _worker_setup(config)
-    checkpoint = config.get("checkpoint")
-    directory = ray.train.Checkpoint(checkpoint).to_directory() if checkpoint else None
+    checkpoint = config.get("checkpoint")  # a ray.train.Checkpoint, on whatever storage it is
+    directory = checkpoint.to_directory() if checkpoint else None
     evaluate(experiment, seed, session, directory)
 
 
-def _fit(worker, name: str, study: Study, storage: str, loop_config: dict) -> ray.train.Result:
+class StageReportCallback(TuneReportCallback):
+    """Forwards each epoch's report to Tune with its stage in two keys (pretrain_epoch and
+    pretrain_loss, or finetune_*), so a scheduler compares trials at the same pre-training epoch."""
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        first = metrics[0]
+        if {"stage", "epoch", "loss"} <= first.keys():
+            metrics = [{**first, f"{first['stage']}_epoch": first["epoch"], f"{first['stage']}_loss": first["loss"]},
+                       *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
+
+
+def _fit(worker, name: str, study: Study, storage: Storage, loop_config: dict) -> ray.train.Result:
     resources = study.resources
     # The trainable holds TRIAL_CPU on one node; each worker leaves that much room on its own
     # node, so trials pack exactly (two 1-CPU trials on 2 cores; 2 workers over two 1-CPU nodes).
@@ -89,10 +102,11 @@ def _fit(worker, name: str, study: Study, storage: str, loop_config: dict) -> ra
                                                use_gpu=resources.gpus_per_worker > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage,  # named after the trial: relaunching resumes it
+            name=name,  # named after the trial: relaunching resumes it
+            storage_path=storage.path("train"), storage_filesystem=storage.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=2),
-            callbacks=[TuneReportCallback()]),
+            callbacks=[StageReportCallback()]),
     )
     return trainer.fit()
 
@@ -103,40 +117,73 @@ def pretrain_key(experiment: Experiment, seed: int) -> str:
     return hashlib.sha1(json.dumps({**settings, "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def pretrained(experiment: Experiment, seed: int, trial_id: str, study: Study, storage: str,
-               loop_config: dict) -> tuple[str, dict, str | None]:
+def leases_name(study: str) -> str:
+    return f"videomae-harness-pretrain-leases:{study}"
+
+
+@ray.remote(num_cpus=0)
+class PretrainLeases:
+    """Which trial is making each shared pre-training run (pretrain key -> trial). The driver
+    creates it; the holder renews its lease while it trains, so one whose trial died lapses."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, tuple[str, float]] = {}
+
+    def acquire(self, key: str, trial_id: str) -> bool:
+        """Take or renew the lease of `key`; False while another live trial holds it."""
+        holder = self.holders.get(key)
+        if holder and holder[0] != trial_id and time.monotonic() - holder[1] < LEASE_S:
+            return False
+        self.holders[key] = (trial_id, time.monotonic())
+        return True
+
+    def release(self, key: str, trial_id: str) -> None:
+        if self.holders.get(key, ("",))[0] == trial_id:
+            del self.holders[key]
+
+
+def _renew(leases: Any, key: str, trial_id: str, stop: threading.Event) -> None:
+    while not stop.wait(LEASE_S / 4):
+        leases.acquire.remote(key, trial_id)
+
+
+def pretrained(experiment: Experiment, seed: int, trial_id: str, study: Study, storage: Storage,
+               loop_config: dict) -> tuple[ray.train.Checkpoint, dict, str | None]:
     """Pre-train (a Ray Train run named after the trial), or reuse the finished run of another
     trial of the study with the same pre-training settings and seed (e.g. the same encoder
     evaluated on two targets); a trial that needs one being made waits for it.
-    Returns the checkpoint path, the run's last metrics and the run reused (None if our own)."""
-    registry = Path(storage) / "pretrained"
-    registry.mkdir(parents=True, exist_ok=True)
+    Returns the checkpoint, the run's last metrics and the run reused (None if our own)."""
     key = pretrain_key(experiment, seed)
-    with open(registry / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # held while pre-training; released if the trial dies
-        record = registry / f"{key}.json"
-        if record.exists():
-            found = json.loads(record.read_text())
-            if found["trial_id"] != trial_id:
-                return found["checkpoint"], found["metrics"], found["run"]
+    record = ("train", "pretrained", f"{key}.json")
+    leases = ray.get_actor(leases_name(study.name))
+    while not ray.get(leases.acquire.remote(key, trial_id)):
+        time.sleep(2)
+    stop = threading.Event()
+    threading.Thread(target=_renew, args=(leases, key, trial_id, stop), daemon=True).start()
+    try:
+        found = storage.read_json(*record)
+        if found and found["trial_id"] != trial_id:
+            return ray.train.Checkpoint(found["checkpoint"], storage.filesystem), found["metrics"], found["run"]
         run = f"{trial_id}-pretrain"
         result = _fit(pretrain_worker, run, study, storage, loop_config)
-        partial = record.with_suffix(".partial")
-        partial.write_text(json.dumps({"trial_id": trial_id, "run": run, "checkpoint": result.checkpoint.path,
-                                       "metrics": result.metrics}))
-        os.replace(partial, record)
-        return result.checkpoint.path, result.metrics, None
+        storage.write_json({"trial_id": trial_id, "run": run, "checkpoint": result.checkpoint.path,
+                            "metrics": result.metrics}, *record)
+        return result.checkpoint, result.metrics, None
+    finally:
+        stop.set()
+        leases.release.remote(key, trial_id)
 
 
-def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
+def run_trial(params: dict[str, Any], study: dict, storage: Storage) -> None:
     """Tune trainable: `params` is one sweep point (dotted paths) plus `seed`."""
     study_obj = Study.model_validate(study)
     seed = int(params["seed"])
     experiment = study_obj.experiment(sweep_point(params))
     trial_id = ray.tune.get_context().get_trial_id()
-    finished = Path(storage) / f"{trial_id}.summary.json"
-    if finished.exists():  # it finished, but the driver died before Tune recorded that
-        ray.tune.report(json.loads(finished.read_text()))
+    finished = ("train", f"{trial_id}.summary.json")
+    kept = storage.read_json(*finished)
+    if kept:  # it finished, but the driver died before Tune recorded that
+        ray.tune.report(kept)
         return
     loop_config = {"experiment": experiment.model_dump(), "seed": seed}
     started = time.time()
@@ -157,7 +204,7 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
                            skipped_videos=len(skipped), workers=study_obj.resources.workers_per_trial,
                            reason=f"non-finite loss or gradient at epoch {metrics['epoch']} "
                                   f"({metrics['bad_steps']} bad steps)")
-            return _finish(finished, summary)
+            return _finish(storage, finished, summary)
     eval_started = time.time()
     result = _fit(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                   {**loop_config, "checkpoint": checkpoint})
@@ -172,12 +219,10 @@ def run_trial(params: dict[str, Any], study: dict, storage: str) -> None:
     summary.update(workers=resources.workers_per_trial,
                    cpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.cpus_per_worker,
                    gpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.gpus_per_worker)
-    return _finish(finished, summary)
+    return _finish(storage, finished, summary)
 
 
-def _finish(finished: Path, summary: dict[str, Any]) -> None:
-    """Keep the trial's summary (atomically), then hand it to Tune, which records the row."""
-    partial = finished.with_suffix(".partial")
-    partial.write_text(json.dumps(summary))
-    os.replace(partial, finished)
+def _finish(storage: Storage, finished: tuple[str, ...], summary: dict[str, Any]) -> None:
+    """Keep the trial's summary (whole or not at all), then hand it to Tune, which records the row."""
+    storage.write_json(summary, *finished)
     ray.tune.report(summary)

@@ -1,6 +1,6 @@
 """Sweeps through real Ray on a 2-node `ray.cluster_utils.Cluster`: grid with the scratch
-baseline and 2 gloo workers per trial, Optuna, and a Ray Job submission. Interruption and
-faults: tests/test_faults.py."""
+baseline and 2 gloo workers per trial, Optuna, ASHA early stopping, and a Ray Job submission.
+Interruption and faults: tests/test_faults.py."""
 import subprocess
 import sys
 import time
@@ -60,3 +60,19 @@ def test_submitted_as_a_ray_job(tmp_path, cluster):
     assert "Ray cluster " in logs and "started locally" not in logs  # it joined the job's cluster
     trials = pd.read_parquet(tmp_path / "runs" / "job" / "trials.parquet")
     assert len(trials) == 1 and (trials["status"] == "ok").all()
+
+
+def test_asha_stops_the_trial_with_the_worse_pretraining_loss(tmp_path, cluster):
+    """One trial at a time, the better loss first: at the first rung the second is worse, so ASHA
+    stops it; its row says so and keeps the epochs it ran."""
+    study = write_study(tmp_path, "asha", pretrain={"epochs": 4, "batch_size": 16},
+                        resources={"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+                        sweep={"parameters": {"pretrain.loss": ["mse_raw", "mse"]},  # raw pixels: the smaller loss
+                               "early_stopping": {"grace_period": 1, "reduction_factor": 2}})
+    output = run(study, cluster, tmp_path).stdout
+    trials = pd.read_parquet(tmp_path / "runs" / "asha" / "trials.parquet").set_index("pretrain.loss")
+    assert trials.loc["mse_raw", "status"] == "ok" and trials.loc["mse", "status"] == "stopped", output[-3000:]
+    assert "stopped early by ASHA after pre-training epoch 1" in trials.loc["mse", "reason"]
+    assert "STOPPED" in output
+    epochs = pd.read_parquet(tmp_path / "runs" / "asha" / "epochs.parquet").groupby("pretrain.loss")["epoch"].max()
+    assert epochs["mse_raw"] == 4 and epochs["mse"] < 4

@@ -1,0 +1,77 @@
+"""`--storage s3://...`: Ray's checkpoints and trial state in a bucket (a local moto S3 server),
+the rows in the local run folder; trials share a pre-training run through the bucket, the report's
+gallery reads its checkpoint from there, and a rerun resumes from it."""
+import logging
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+
+from conftest import write_study
+
+pytestmark = pytest.mark.slow
+OPTIONS = "scheme=http&allow_bucket_creation=true"
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)  # the harness's local Ray (and its workers) inherit them
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def harness_run(study, tmp_path, storage):
+    return subprocess.run([sys.executable, "-m", "harness.cli", "run", str(study), "--runs", str(tmp_path / "runs"),
+                           "--storage", storage], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+
+
+def test_checkpoints_and_trial_state_on_s3_then_resume(tmp_path, s3_endpoint):
+    storage = f"s3://harness/ray?endpoint_override={s3_endpoint}&{OPTIONS}"
+    study = write_study(tmp_path, "ons3", sweep={"parameters": {"evaluate.source": ["synth:motion", "synth:appearance"]}})
+    first = harness_run(study, tmp_path, storage)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert "checkpoints and trial state: s3://harness/ray/ons3" in first.stdout
+
+    run_dir = tmp_path / "runs" / "ons3"
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "ok").all()
+    shared = trials["pretrain_shared_from"].dropna()  # one pre-training run, found through the bucket
+    assert len(shared) == 1 and shared.iloc[0] in set(trials["pretrain_run"]) - {None}
+    assert not (run_dir / "train").exists() and not (run_dir / "tune").exists()
+
+    bucket, root = pafs.FileSystem.from_uri(storage)
+    stored = [info.path.removeprefix(f"{root}/ons3/") for info in
+              bucket.get_file_info(pafs.FileSelector(f"{root}/ons3", recursive=True))]
+    owner = trials["pretrain_run"][trials["pretrain_shared_from"].isna()].iloc[0]
+    assert any(p.startswith(f"train/{owner}/checkpoint_") for p in stored)
+    assert sum(p.startswith("train/pretrained/") for p in stored) == 1
+    assert {f"train/{t}.summary.json" for t in trials["trial_id"]} <= set(stored)
+    assert any(p.startswith("tune/") for p in stored)
+
+    report = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(run_dir), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "out" / "ons3_gallery.png").stat().st_size > 1000  # drawn from the bucket's checkpoint
+
+    again = harness_run(study, tmp_path, storage)  # the Tune state is read back from the bucket
+    assert again.returncode == 0 and "resuming s3://harness/ray/ons3/tune" in again.stdout, again.stdout[-4000:]
+    assert pd.read_parquet(run_dir / "trials.parquet")["finished_at"].tolist() == trials["finished_at"].tolist()
+
+
+def test_storage_that_cannot_be_written_is_refused_before_any_trial(tmp_path, s3_endpoint):
+    storage = f"s3://no-such-bucket/ray?endpoint_override={s3_endpoint}&scheme=http"  # no bucket creation
+    study = write_study(tmp_path, "refused")
+    done = harness_run(study, tmp_path, storage)
+    assert done.returncode == 2 and not (tmp_path / "runs").exists(), done.stdout + done.stderr
+    message = done.stderr.strip().splitlines()
+    assert len(message) == 1 and "--storage s3://no-such-bucket/ray/refused: cannot write there" in message[0]

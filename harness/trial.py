@@ -1,7 +1,7 @@
 """One trial: a pre-training Ray Train run, then an evaluation Ray Train run from its encoder.
 
-This is the only layer (with harness/sweep.py) that imports Ray; the loops it runs are plain
-functions of (experiment, seed, session)."""
+This is the only layer (with harness/sweep.py and harness/stage_report.py) that imports Ray; the
+loops it runs are plain functions of (experiment, seed, session)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,11 +16,11 @@ import ray.train.torch
 import ray.tune
 import torch
 from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from .evaluate import evaluate
 from .pretrain import pretrain
 from .session import Session
+from .stage_report import StageReportCallback
 from .storage import Storage
 from .study import Experiment, Study
 
@@ -74,18 +74,6 @@ def evaluate_worker(config: dict) -> None:
     checkpoint = config.get("checkpoint")  # a ray.train.Checkpoint, on whatever storage it is
     directory = checkpoint.to_directory() if checkpoint else None
     evaluate(experiment, seed, session, directory)
-
-
-class StageReportCallback(TuneReportCallback):
-    """Forwards each epoch's report to Tune with its stage in two keys (pretrain_epoch and
-    pretrain_loss, or finetune_*), so a scheduler compares trials at the same pre-training epoch."""
-
-    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        first = metrics[0]
-        if {"stage", "epoch", "loss"} <= first.keys():
-            metrics = [{**first, f"{first['stage']}_epoch": first["epoch"], f"{first['stage']}_loss": first["loss"]},
-                       *metrics[1:]]
-        super().after_report(run_context, metrics, checkpoint)
 
 
 def _fit(worker, name: str, study: Study, storage: Storage, loop_config: dict) -> ray.train.Result:

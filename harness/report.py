@@ -66,7 +66,7 @@ def _trial_count(trials: pd.DataFrame) -> str:
 
 
 def unfinished_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials that diverged or failed, with their parameters and reason (empty when all finished)."""
+    """Trials that diverged, stopped or failed, with parameters and reason (empty if all finished)."""
     columns = ["status", *parameters(trials), "seed", "reason", "trial_id"]
     bad = trials[trials["status"] != "ok"]
     return bad[[c for c in columns if c in bad]].sort_values("status")
@@ -171,7 +171,8 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
         f"# Study: {name}\n\n{facts_md}\n\n## Findings\n\n{findings_markdown(found)}\n"
         f"## Configurations ({METRIC}, mean over seeds, 95% interval)\n\n{markdown_table(table)}\n"
         f"## Cost\n\n{markdown_table(cost)}"
-        + (f"\n## Trials that did not finish\n\n{markdown_table(unfinished)}" if len(unfinished) else "") + (f"\n## Reconstructions\n\n![reconstructions]({gallery.name})\n" if gallery else ""))
+        + (f"\n## Trials that did not finish\n\n{markdown_table(unfinished)}" if len(unfinished) else "")
+        + (f"\n## Reconstructions\n\n![reconstructions]({gallery.name})\n" if gallery else ""))
     html_path.with_suffix(".json").write_text(json.dumps(
         {**facts, "findings": found[["finding", "context", "difference", "verdict"]].to_dict("records") if not found.empty else []}))
     write_index(out_dir)

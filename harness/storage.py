@@ -45,9 +45,6 @@ class Storage:
     def describe(self) -> str:
         return self.root if self.local else f"{self.filesystem.type_name}://{self.root}"
 
-    def exists(self, *parts: str) -> bool:
-        return self.filesystem.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
-
     def read_json(self, *parts: str) -> Any | None:
         """The JSON file at `parts`, or None if there is none."""
         try:

@@ -17,8 +17,6 @@ import ray.tune
 import torch
 from ray.train.torch import TorchTrainer
 
-from .evaluate import evaluate
-from .pretrain import pretrain
 from .session import Session
 from .stage_report import StageReportCallback
 from .storage import Storage
@@ -65,11 +63,15 @@ def _worker_setup(config: dict) -> tuple[Experiment, int, RayTrainSession]:
     return Experiment.model_validate(config["experiment"]), config["seed"], RayTrainSession()
 
 
+# The loops import the model (timm, about 3 s) inside the Train workers only: the Tune trainable
+# and the Train controller, which also import this module, never need it.
 def pretrain_worker(config: dict) -> None:
+    from .pretrain import pretrain
     pretrain(*_worker_setup(config))
 
 
 def evaluate_worker(config: dict) -> None:
+    from .evaluate import evaluate
     experiment, seed, session = _worker_setup(config)
     checkpoint = config.get("checkpoint")  # a ray.train.Checkpoint, on whatever storage it is
     directory = checkpoint.to_directory() if checkpoint else None

@@ -1,15 +1,33 @@
-"""Pure PyTorch VideoMAE: no Ray, no files, no YAML."""
-from .classifier import VideoClassifier, layer_decay_groups, temporal_features
-from .convert import config_from_transformers, config_to_transformers, convert_official, from_transformers
-from .losses import IMAGENET_MEAN, IMAGENET_STD, LOSSES, normalize, unnormalize, unpatchify
-from .masking import STRATEGIES, decoder_mask, make_mask
-from .presets import PRESETS, ModelConfig, model_config
-from .reconstruct import reconstruct
-from .videomae import PretrainOutput, VideoEncoder, VideoMAE
+"""Pure PyTorch VideoMAE: no Ray, no files, no YAML.
 
-__all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "LOSSES", "PRESETS", "STRATEGIES", "ModelConfig", "PretrainOutput",
-    "VideoClassifier", "VideoEncoder", "VideoMAE", "config_from_transformers", "config_to_transformers",
-    "convert_official", "decoder_mask", "from_transformers", "layer_decay_groups", "make_mask",
-    "model_config", "normalize", "reconstruct", "temporal_features", "unnormalize", "unpatchify",
-]
+Names are imported on first use: the study layer needs only the presets, masks and losses, and
+the model modules pull in timm (and through it torchvision and torch._dynamo, about 3 s)."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SUBMODULE = {
+    "VideoClassifier": "classifier", "layer_decay_groups": "classifier", "temporal_features": "classifier",
+    "config_from_transformers": "convert", "config_to_transformers": "convert",
+    "convert_official": "convert", "from_transformers": "convert",
+    "IMAGENET_MEAN": "losses", "IMAGENET_STD": "losses", "LOSSES": "losses", "normalize": "losses",
+    "unnormalize": "losses", "unpatchify": "losses",
+    "STRATEGIES": "masking", "decoder_mask": "masking", "make_mask": "masking",
+    "PRESETS": "presets", "ModelConfig": "presets", "model_config": "presets",
+    "reconstruct": "reconstruct",
+    "PretrainOutput": "videomae", "VideoEncoder": "videomae", "VideoMAE": "videomae",
+}
+__all__ = sorted(_SUBMODULE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SUBMODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_SUBMODULE[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -200,8 +200,6 @@ def early_stopping(study: Study) -> TrialScheduler | None:
     swept = study.sweep.parameters.get("pretrain.epochs")
     epochs = max([study.pretrain.epochs, *(swept if isinstance(swept, list) else [])]
                  + [int(point.get("pretrain.epochs", 0)) for point in study.sweep.points])
-    # Tune would insist that every report carry the loss; evaluation reports have none by design.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # stop_last_trials=False: a trial that reaches the last epoch goes on to its evaluation.
     return ASHAScheduler(
         time_attr="pretrain_epoch", metric="pretrain_loss", mode="min", max_t=max(epochs, spec.grace_period),
@@ -299,6 +297,9 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     if ray_storage:
         print(f"checkpoints and trial state: {ray_storage.describe()}", flush=True)
     ray_storage = ray_storage or Storage.at(str(run_dir))
+    # Tune would insist that every report carry the scheduler's metric (the pre-training loss for
+    # ASHA); evaluation reports have none by design.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Kept referenced until the study ends: a named actor without a handle is collected.
     leases = PretrainLeases.options(name=leases_name(study.name), get_if_exists=True).remote()
     trainable = ray.tune.with_resources(
@@ -321,17 +322,28 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
         )
     grid = tuner.fit()
     ray.kill(leases)
-    done = [r for r in grid if r.error is None and r.metrics.get("stage") == "done"]
-    for r in done:  # a row lost to an interruption between a trial's end and its write lands now
-        record_trial(run_dir, study, r.metrics["trial_id"], r.config, r.metrics)
-    for r in grid:  # and a trial stopped early
-        if r.error is None and r.metrics.get("stage") == "pretrain" and r.metrics.get("trial_id"):
-            record_trial(run_dir, study, r.metrics["trial_id"], r.config, stopped_result(r.metrics))
-    for r in grid:  # likewise a failure, if it reported anything (else on_trial_error recorded it)
-        if r.error is not None and r.metrics.get("trial_id"):
-            error_file = Path(r.path) / "error.txt" if r.path else None
-            record_trial(run_dir, study, r.metrics["trial_id"], r.config,
-                         {"status": "failed", "reason": failure_reason(error_file)})
+    for result in grid:  # a row lost to an interruption between a trial's end and its write lands now
+        reconcile(run_dir, study, result)
+    done = sum(1 for r in grid if r.error is None and r.metrics.get("stage") == "done")
     failed = sum(1 for r in grid if r.error is not None)
-    print(f"{len(done)} trials finished, {failed} failed; results: {run_dir / TRIALS_FILE}", flush=True)
+    print(f"{done} trials finished, {failed} failed; results: {run_dir / TRIALS_FILE}", flush=True)
     return run_dir, failed
+
+
+def reconcile(run_dir: Path, study: Study, result: ray.tune.Result) -> None:
+    """Record a trial from Tune's final result, unless its row was already written: finished,
+    stopped early, or failed after reporting (a failure that reported nothing was recorded by
+    TrialRecorder.on_trial_error, as Tune's result then has no trial id)."""
+    trial_id, stage = result.metrics.get("trial_id"), result.metrics.get("stage")
+    if not trial_id:
+        return
+    if result.error is not None:
+        error_file = Path(result.path) / "error.txt" if result.path else None
+        row = {"status": "failed", "reason": failure_reason(error_file)}
+    elif stage == "done":
+        row = result.metrics
+    elif stage == "pretrain":
+        row = stopped_result(result.metrics)
+    else:
+        return
+    record_trial(run_dir, study, trial_id, result.config, row)

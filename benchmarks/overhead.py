@@ -58,6 +58,8 @@ def through_ray(study_path: str, scale: str, runs: Path) -> tuple[float, float]:
         for line in run.stdout:
             if first is None and line.rstrip().endswith("] started"):
                 first = time.perf_counter() - started
+            if "done:" in line or "started" in line:
+                print(f"  harness run, {time.perf_counter() - started:.0f} s: {line.strip()}", flush=True)
     if run.returncode:
         raise SystemExit(f"harness run failed ({run.returncode})")
     return time.perf_counter() - started, first or float("nan")
@@ -91,8 +93,11 @@ def main() -> None:
               f"{workers} at a time", flush=True)
 
         started = time.perf_counter()
+        trial_times = []
         with ProcessPoolExecutor(workers) as pool:
-            trial_times = list(pool.map(in_process_trial, [(study_path, args.scale, p) for p in points]))
+            for trial_time in pool.map(in_process_trial, [(study_path, args.scale, p) for p in points]):
+                trial_times.append(trial_time)
+                print(f"  in-process trial {len(trial_times)}/{len(points)}: {trial_time:.1f} s", flush=True)
         in_process = time.perf_counter() - started
         print(f"in-process: {in_process:.1f} s (trials {', '.join(f'{t:.1f}' for t in trial_times)} s)", flush=True)
 

@@ -1,5 +1,5 @@
 """What the training loops need from whoever runs them. This default runs in-process, alone;
-the trial layer swaps in a Ray Train session (harness/trial.py)."""
+the trial layer swaps in a Ray Train session (harness/worker.py)."""
 from __future__ import annotations
 
 import os

@@ -1,6 +1,5 @@
 """The Ray Train callback that forwards each epoch's report to Tune. Part of the trial layer, kept
-in its own small module because Ray Train's controller process unpickles it: importing
-harness.trial there would load torch, timm and the models for nothing."""
+in its own small module because Ray Train's controller process unpickles it."""
 from __future__ import annotations
 
 from typing import Any

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models import LOSSES, STRATEGIES, model_config
-from models.presets import ModelConfig
+from models.choices import LOSS_NAMES, STRATEGIES
+from models.presets import ModelConfig, model_config
 
 from .sources import check_source
 from .synth import SynthParams
@@ -92,8 +92,8 @@ class PretrainSpec(Strict):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, value: str) -> str:
-        if value not in LOSSES:
-            raise ValueError(f"unknown loss {value!r}; choose from {list(LOSSES)}")
+        if value not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {value!r}; choose from {list(LOSS_NAMES)}")
         return value
 
 

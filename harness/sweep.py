@@ -1,6 +1,7 @@
 """Study -> a Ray Tune sweep of trials on a local or existing Ray cluster -> rows in Parquet."""
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 import subprocess
@@ -13,7 +14,6 @@ import optuna
 import pandas as pd
 import ray
 import ray.tune
-import torch
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -268,7 +268,7 @@ def environment() -> dict[str, Any]:
                                 timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"git_commit": commit, "torch_version": torch.__version__, "ray_version": ray.__version__,
+    return {"git_commit": commit, "torch_version": importlib.metadata.version("torch"), "ray_version": ray.__version__,
             "python_version": sys.version.split()[0], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "schema_version": SCHEMA_VERSION}
 

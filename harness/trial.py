@@ -1,23 +1,19 @@
 """One trial: a pre-training Ray Train run, then an evaluation Ray Train run from its encoder.
 
-This is the only layer (with harness/sweep.py and harness/stage_report.py) that imports Ray; the
-loops it runs are plain functions of (experiment, seed, session)."""
+This is the only layer (with harness/sweep.py, harness/worker.py and harness/stage_report.py) that
+imports Ray; the loops it runs are plain functions of (experiment, seed, session). It imports
+neither torch nor the models: the driver and the Tune trainable start faster without them."""
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray.train
-import ray.train.torch
 import ray.tune
-import torch
-from ray.train.torch import TorchTrainer
 
-from .session import Session
 from .stage_report import StageReportCallback
 from .storage import Storage
 from .study import Experiment, Study
@@ -33,52 +29,10 @@ def sweep_point(config: dict[str, Any]) -> dict[str, Any]:
     return dict(config[POINT]) if POINT in config else {k: v for k, v in config.items() if k != "seed"}
 
 
-class RayTrainSession(Session):
-    """The loops' session inside a Ray Train worker."""
+def _fit(worker: Callable[[dict], None], name: str, study: Study, storage: Storage,
+         loop_config: dict) -> ray.train.Result:
+    from ray.train.torch import TorchTrainer  # imports torch: only once a stage is about to run
 
-    def __init__(self) -> None:
-        super().__init__()
-        context = ray.train.get_context()
-        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-
-    @property
-    def device(self) -> torch.device:
-        return ray.train.torch.get_device()
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU) when > 1 worker
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-    def latest_checkpoint(self) -> Path | None:
-        checkpoint = ray.train.get_checkpoint()
-        return Path(checkpoint.to_directory()) if checkpoint else None
-
-
-def _worker_setup(config: dict) -> tuple[Experiment, int, RayTrainSession]:
-    # Ray sets OMP threads from the CPU share (fractions become 1): size torch's pool ourselves.
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    return Experiment.model_validate(config["experiment"]), config["seed"], RayTrainSession()
-
-
-# The loops import the model (timm, about 3 s) inside the Train workers only: the Tune trainable
-# and the Train controller, which also import this module, never need it.
-def pretrain_worker(config: dict) -> None:
-    from .pretrain import pretrain
-    pretrain(*_worker_setup(config))
-
-
-def evaluate_worker(config: dict) -> None:
-    from .evaluate import evaluate
-    experiment, seed, session = _worker_setup(config)
-    checkpoint = config.get("checkpoint")  # a ray.train.Checkpoint, on whatever storage it is
-    directory = checkpoint.to_directory() if checkpoint else None
-    evaluate(experiment, seed, session, directory)
-
-
-def _fit(worker, name: str, study: Study, storage: Storage, loop_config: dict) -> ray.train.Result:
     resources = study.resources
     # The trainable holds TRIAL_CPU on one node; each worker leaves that much room on its own
     # node, so trials pack exactly (two 1-CPU trials on 2 cores; 2 workers over two 1-CPU nodes).
@@ -154,6 +108,8 @@ def pretrained(experiment: Experiment, seed: int, trial_id: str, study: Study, s
         found = storage.read_json(*record)
         if found and found["trial_id"] != trial_id:
             return ray.train.Checkpoint(found["checkpoint"], storage.filesystem), found["metrics"], found["run"]
+        from .worker import pretrain_worker
+
         run = f"{trial_id}-pretrain"
         result = _fit(pretrain_worker, run, study, storage, loop_config)
         storage.write_json({"trial_id": trial_id, "run": run, "checkpoint": result.checkpoint.path,
@@ -195,6 +151,8 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage) -> None:
                            reason=f"non-finite loss or gradient at epoch {metrics['epoch']} "
                                   f"({metrics['bad_steps']} bad steps)")
             return _finish(storage, finished, summary)
+    from .worker import evaluate_worker
+
     eval_started = time.time()
     result = _fit(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                   {**loop_config, "checkpoint": checkpoint})

@@ -13,7 +13,7 @@ _SUBMODULE = {
     "convert_official": "convert", "from_transformers": "convert",
     "IMAGENET_MEAN": "losses", "IMAGENET_STD": "losses", "LOSSES": "losses", "normalize": "losses",
     "unnormalize": "losses", "unpatchify": "losses",
-    "STRATEGIES": "masking", "decoder_mask": "masking", "make_mask": "masking",
+    "STRATEGIES": "choices", "LOSS_NAMES": "choices", "decoder_mask": "masking", "make_mask": "masking",
     "PRESETS": "presets", "ModelConfig": "presets", "model_config": "presets",
     "reconstruct": "reconstruct",
     "PretrainOutput": "videomae", "VideoEncoder": "videomae", "VideoMAE": "videomae",

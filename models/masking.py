@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import torch
 
-STRATEGIES = ("tube", "random", "frame", "running_cell")
-
 
 def _random_choice(batch: int, population: int, count: int, generator: torch.Generator | None) -> torch.Tensor:
     """Bool (batch, population) with exactly `count` True per row, uniformly at random."""
@@ -66,7 +64,7 @@ GENERATORS = {"tube": tube_mask, "random": random_mask, "frame": frame_mask,
 
 def make_mask(strategy: str, batch: int, grid: tuple[int, int, int], ratio: float,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dispatch by strategy name; see STRATEGIES."""
+    """Dispatch by strategy name (models.choices.STRATEGIES names them for study files)."""
     if strategy not in GENERATORS:
         raise ValueError(f"unknown mask strategy {strategy!r}; choose from {list(GENERATORS)}")
     if not 0.0 < ratio < 1.0:

@@ -15,7 +15,8 @@ from harness.pretrain import pretrain, pretrain_dataset
 from harness.session import Session
 from harness.sources import DataError, check_files, resolve_source
 from harness.study import Experiment
-from harness.synth import SynthParams, generate, render_clip, write_mp4
+from harness.render import render_clip
+from harness.synth import SynthParams, generate, write_mp4
 from models import unnormalize
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 from harness.cli import main
 from harness.data import (SCALES, ClipDataset, collate_views, crop_resize, eval_boxes, fit_stride,
                           multiscale_box, random_window, segment_indices, spaced_windows)
-from harness.synth import MOTIONS, SynthParams, ensure_synth, generate, render_clip
+from harness.render import render_clip
+from harness.synth import MOTIONS, SynthParams, ensure_synth, generate
 from models import unnormalize
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import MICRO, write_study as write_micro_study
 from harness.results import FAULT_ENV
-from harness.synth import SynthParams, render_clip, write_mp4
+from harness.render import render_clip
+from harness.synth import SynthParams, write_mp4
 
 pytestmark = pytest.mark.slow
 

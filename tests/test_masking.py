@@ -4,6 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import decoder_mask, make_mask
+from models.choices import LOSS_NAMES, STRATEGIES
+from models.losses import LOSSES
+from models.masking import GENERATORS
 
 grids = st.tuples(st.integers(1, 8), st.integers(1, 7).map(lambda n: 2 * n), st.integers(1, 7).map(lambda n: 2 * n))
 ratios = st.floats(0.26, 0.99)
@@ -20,7 +23,11 @@ def expected_count(strategy, grid, ratio):
             "running_cell": int(4 * ratio) * slots * rows * cols // 4}[strategy]
 
 
-@given(st.sampled_from(["tube", "random", "frame", "running_cell"]), batches, grids, ratios, seeds)
+def test_every_name_a_study_may_choose_has_an_implementation():
+    assert set(GENERATORS) == set(STRATEGIES) and set(LOSSES) == set(LOSS_NAMES)
+
+
+@given(st.sampled_from(STRATEGIES), batches, grids, ratios, seeds)
 def test_exact_count_in_every_sample_and_determinism(strategy, batch, grid, ratio, seed):
     mask = make_mask(strategy, batch, grid, ratio, torch.Generator().manual_seed(seed))
     assert mask.dtype == torch.bool and mask.shape == (batch, grid[0] * grid[1] * grid[2])

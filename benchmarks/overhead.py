@@ -8,11 +8,14 @@ user runs it. The synthetic data is made before either is timed.
 
     python benchmarks/overhead.py                                   # mask_ratio, cpu scale, 2 points, 1 seed
     python benchmarks/overhead.py --epochs 3 --points 2             # a quick look
+    python benchmarks/overhead.py --startup 3                       # only the time to the first trial, 3 times
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +31,8 @@ from harness.study import load_study  # noqa: E402
 from harness.sweep import prepare_data, trial_points  # noqa: E402
 
 
-def in_process_trial(args: tuple[str, str, dict]) -> float:
+def in_process_trial(args: tuple[str, str, dict]) -> tuple[float, list[float]]:
+    """(seconds, pre-training clips/s per epoch) of one trial run in this process."""
     study_path, scale, point = args
     import torch
 
@@ -40,14 +44,16 @@ def in_process_trial(args: tuple[str, str, dict]) -> float:
     study = load_study(study_path, scale)
     experiment = study.experiment({k: v for k, v in point.items() if k != "seed"})
     started = time.perf_counter()
+    speeds = []
     with tempfile.TemporaryDirectory() as checkpoints:
         checkpoint = None
         if experiment.pretrain.method == "videomae":
             session = Session(checkpoints)
             pretrain(experiment, point["seed"], session)
             checkpoint = session.latest_checkpoint()
+            speeds = [report["clips_per_s"] for report in session.reports]
         evaluate(experiment, point["seed"], Session(), checkpoint)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, speeds
 
 
 def through_ray(study_path: str, scale: str, runs: Path) -> tuple[float, float]:
@@ -58,11 +64,28 @@ def through_ray(study_path: str, scale: str, runs: Path) -> tuple[float, float]:
         for line in run.stdout:
             if first is None and line.rstrip().endswith("] started"):
                 first = time.perf_counter() - started
-            if "done:" in line or "started" in line:
+            if "done:" in line or "started" in line or "clips/s" in line:
                 print(f"  harness run, {time.perf_counter() - started:.0f} s: {line.strip()}", flush=True)
     if run.returncode:
         raise SystemExit(f"harness run failed ({run.returncode})")
     return time.perf_counter() - started, first or float("nan")
+
+
+def time_to_first_trial(study_path: str, scale: str, runs: Path) -> float:
+    """Seconds from `harness run` to its first trial started; the run is then stopped (and Ray with it)."""
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "harness.cli", "run", study_path, "--scale", scale, "--runs", str(runs),
+               "--restart"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                          start_new_session=True) as run:
+        first = next((time.perf_counter() - started for line in run.stdout if line.rstrip().endswith("] started")),
+                     float("nan"))
+        os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C: the driver stops Tune and its local Ray
+        try:
+            run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+    return first
 
 
 def main() -> None:
@@ -71,6 +94,8 @@ def main() -> None:
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--points", type=int, default=2, help="grid points to run (default 2)")
     parser.add_argument("--epochs", type=int, default=None, help="override pretrain.epochs")
+    parser.add_argument("--startup", type=int, default=0, metavar="N",
+                        help="only measure the time from the command to the first trial, N times")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +113,11 @@ def main() -> None:
         study = load_study(study_path, args.scale)
         points = trial_points(study)
         prepare_data(study)
+        if args.startup:
+            times = [time_to_first_trial(study_path, args.scale, Path(tmp) / "runs") for _ in range(args.startup)]
+            print(f"command to first trial started: {', '.join(f'{t:.1f}' for t in times)} s; "
+                  f"median {statistics.median(times):.1f} s")
+            return
         workers = min(len(points), max(1, int((os.cpu_count() or 1) // study.resources.cpus_per_worker)))
         print(f"{len(points)} trials of {study.name} ({args.scale} scale, {study.pretrain.epochs} epochs), "
               f"{workers} at a time", flush=True)
@@ -95,9 +125,11 @@ def main() -> None:
         started = time.perf_counter()
         trial_times = []
         with ProcessPoolExecutor(workers) as pool:
-            for trial_time in pool.map(in_process_trial, [(study_path, args.scale, p) for p in points]):
+            for point, (trial_time, speeds) in zip(points, pool.map(in_process_trial, [(study_path, args.scale, p)
+                                                                                        for p in points])):
                 trial_times.append(trial_time)
-                print(f"  in-process trial {len(trial_times)}/{len(points)}: {trial_time:.1f} s", flush=True)
+                print(f"  in-process trial {len(trial_times)}/{len(points)} {point}: {trial_time:.1f} s; pre-training "
+                      f"clips/s per epoch {', '.join(f'{s:.1f}' for s in speeds)}", flush=True)
         in_process = time.perf_counter() - started
         print(f"in-process: {in_process:.1f} s (trials {', '.join(f'{t:.1f}' for t in trial_times)} s)", flush=True)
 

@@ -2,7 +2,7 @@
 
 This is the only layer (with harness/sweep.py, harness/worker.py and harness/stage_report.py) that
 imports Ray; the loops it runs are plain functions of (experiment, seed, session). It imports
-neither torch nor the models: the driver and the Tune trainable start faster without them."""
+neither torch nor the models at the top: the driver imports it, and never needs them."""
 from __future__ import annotations
 
 import hashlib

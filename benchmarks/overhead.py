@@ -31,6 +31,23 @@ from harness.study import load_study  # noqa: E402
 from harness.sweep import prepare_data, trial_points  # noqa: E402
 
 
+def trimmed_study(source: str, scale: str, points: int, epochs: int | None, name: str, folder: Path) -> str:
+    """A copy of a study file in `folder` with its first `points` grid points, its first seed and
+    (if given) `epochs` of pre-training, at any scale; returns its path."""
+    raw = yaml.safe_load(Path(source).read_text())
+    raw["name"] = name
+    raw["seeds"] = [raw.get("seeds", [0])[0]]
+    raw.setdefault("sweep", {})["points"] = raw["sweep"].get("points", [{}])[:points]
+    if epochs:
+        raw["pretrain"]["epochs"] = epochs
+    scale_block = raw.get("scales", {}).get(scale) or {}
+    scale_block.pop("sweep.points", None)
+    scale_block.pop("seeds", None)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
 def in_process_trial(args: tuple[str, str, dict]) -> tuple[float, list[float]]:
     """(seconds, pre-training clips/s per epoch) of one trial run in this process."""
     study_path, scale, point = args
@@ -99,17 +116,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        raw = yaml.safe_load(Path(args.study).read_text())
-        raw["name"] = "overhead"
-        raw["seeds"] = [raw.get("seeds", [0])[0]]
-        raw.setdefault("sweep", {})["points"] = raw["sweep"].get("points", [{}])[:args.points]
-        if args.epochs:
-            raw["pretrain"]["epochs"] = args.epochs
-        scale_block = raw.get("scales", {}).get(args.scale) or {}
-        scale_block.pop("sweep.points", None)
-        scale_block.pop("seeds", None)
-        study_path = str(Path(tmp) / "overhead.yaml")
-        Path(study_path).write_text(yaml.safe_dump(raw))
+        study_path = trimmed_study(args.study, args.scale, args.points, args.epochs, "overhead", Path(tmp))
         study = load_study(study_path, args.scale)
         points = trial_points(study)
         prepare_data(study)

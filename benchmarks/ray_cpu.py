@@ -15,9 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from overhead import REPO, trimmed_study  # the sibling benchmark: the same trimmed study file
 
-REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -45,15 +44,8 @@ def main() -> None:
                         help="seconds after the command between which to measure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        raw = yaml.safe_load(Path(args.study).read_text())
-        raw.update(name="ray_cpu", seeds=raw.get("seeds", [0])[:1])
-        raw["sweep"]["points"] = raw["sweep"]["points"][:args.points]
-        raw["pretrain"]["epochs"] = args.epochs
-        for key in ("sweep.points", "seeds"):
-            (raw.get("scales", {}).get(args.scale) or {}).pop(key, None)
-        study = Path(tmp) / "ray_cpu.yaml"
-        study.write_text(yaml.safe_dump(raw))
-        command = [sys.executable, "-m", "harness.cli", "run", str(study), "--scale", args.scale,
+        study = trimmed_study(args.study, args.scale, args.points, args.epochs, "ray_cpu", Path(tmp))
+        command = [sys.executable, "-m", "harness.cli", "run", study, "--scale", args.scale,
                    "--runs", str(Path(tmp) / "runs")]
         started = time.monotonic()
         with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO) as run:

@@ -268,8 +268,8 @@ def environment() -> dict[str, Any]:
                                 timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"git_commit": commit, "torch_version": importlib.metadata.version("torch"), "ray_version": ray.__version__,
-            "python_version": sys.version.split()[0], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    return {"git_commit": commit, "torch_version": importlib.metadata.version("torch"),
+            "ray_version": ray.__version__, "python_version": sys.version.split()[0], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "schema_version": SCHEMA_VERSION}
 
 

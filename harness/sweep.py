@@ -269,8 +269,8 @@ def environment() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"git_commit": commit, "torch_version": importlib.metadata.version("torch"),
-            "ray_version": ray.__version__, "python_version": sys.version.split()[0], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "schema_version": SCHEMA_VERSION}
+            "ray_version": ray.__version__, "python_version": sys.version.split()[0],
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "schema_version": SCHEMA_VERSION}
 
 
 def run_study(study: Study, runs_root: str | Path, address: str | None = None, restart: bool = False,

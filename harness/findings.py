@@ -70,6 +70,17 @@ def _matching(rows: pd.DataFrame, context: dict[str, Any]) -> pd.DataFrame:
     return rows[keep]
 
 
+def _swept_with(better_rows: pd.DataFrame, worse_rows: pd.DataFrame, others: list[str]) -> dict[str, tuple]:
+    """Parameters swept together with the claim's: one value on each side, a different one on each
+    (frame masking at 0.875 against tube at 0.9). They are part of what is compared, not a context."""
+    paired = {}
+    for name in others:
+        better, worse = better_rows[name].dropna().unique(), worse_rows[name].dropna().unique()
+        if len(better) == len(worse) == 1 and better[0] != worse[0]:
+            paired[name] = (better[0], worse[0])
+    return paired
+
+
 def _by_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
     return rows.groupby("seed")[metric].mean()
 
@@ -88,16 +99,19 @@ def _contexts(rows: pd.DataFrame, others: list[str]) -> list[dict[str, Any]]:
 def claim_rows(trials: pd.DataFrame, parameters: list[str], claim: Claim, metric: str) -> list[dict[str, Any]]:
     """The claim's comparison in each context of the other swept parameters."""
     ok = trials[trials["status"] == "ok"]
-    others = [p for p in parameters if p != claim.parameter]
     better_rows, worse_rows = ok[ok[claim.parameter] == claim.better], ok[ok[claim.parameter] == claim.worse]
     if better_rows.empty or worse_rows.empty:
         return []
+    paired = _swept_with(better_rows, worse_rows, [p for p in parameters if p != claim.parameter])
+    others = [p for p in parameters if p != claim.parameter and p not in paired]
+    comparison = f"{claim.parameter}: {claim.better} vs {claim.worse}" + "".join(
+        f" ({p} {_value(b)} vs {_value(w)})" for p, (b, w) in paired.items())
     found = []
     for context in _contexts(pd.concat([better_rows, worse_rows]), others):
         better, worse = _matching(better_rows, context), _matching(worse_rows, context)
         if better.empty or worse.empty:
             continue
-        found.append({"finding": claim.finding, "comparison": f"{claim.parameter}: {claim.better} vs {claim.worse}",
+        found.append({"finding": claim.finding, "comparison": comparison,
                       "context": _describe(context), **difference(_by_seed(better, metric), _by_seed(worse, metric)),
                       "paper": claim.paper})
     return found

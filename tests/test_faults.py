@@ -2,6 +2,7 @@
 each phase of a study then the same command rerun, a Train worker killed mid-epoch, a trial that
 keeps failing, and the loss of a node running a worker. Each ends with every trial recorded once."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,8 +33,51 @@ def start(study, cluster, cwd, env=None):
 
 
 def finish(driver, timeout=600):
-    output, _ = driver.communicate(timeout=timeout)
+    try:
+        output, _ = driver.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        fail_stuck(driver, f"the study did not end in {timeout} s", expired.output)
     return driver.returncode, output
+
+
+def ray_status(address):
+    """`ray status -v` of the cluster at `address`: its resources in use and waiting demands."""
+    state = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "-v", "--address", address],
+                           capture_output=True, text=True, timeout=60)
+    return state.stdout + state.stderr
+
+
+def cpus_in_use(address):
+    usage = re.search(r"Total Usage:\s*([\d.]+)/([\d.]+) CPU", ray_status(address))
+    return float(usage.group(1)) if usage else None
+
+
+def wait_until_released(address, timeout=180):
+    """Wait until nothing holds a CPU of the cluster: a killed driver's trial actors and worker
+    placement groups are released by Ray a moment after it dies (longer on a loaded machine)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cpus_in_use(address) == 0:
+            return
+        time.sleep(1)
+    pytest.fail(f"CPUs still held {timeout} s after the study's driver ended:\n{ray_status(address)[-4000:]}")
+
+
+@pytest.fixture(autouse=True)
+def idle_cluster(cluster):
+    """Each test starts on a cluster that nothing from an earlier test holds."""
+    wait_until_released(cluster.address)
+
+
+def fail_stuck(driver, what, output=None):
+    """Fail with the driver's output and the cluster's resources, after killing the driver: a
+    driver left running would hold the module's cluster and starve the tests after this one."""
+    state = ray_status(driver.args[driver.args.index("--address") + 1])
+    kill_driver(driver)
+    output = output if output is not None else driver.stdout.read()
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    pytest.fail(f"{what}\n--- driver output (end) ---\n{(output or '')[-6000:]}\n--- ray status -v ---\n{state[-4000:]}")
 
 
 def run(study, cluster, cwd):
@@ -50,13 +94,12 @@ def wait_for(condition, driver, timeout=300):
         if driver.poll() is not None:
             pytest.fail(f"the study ended first:\n{driver.stdout.read()[-4000:]}")
         time.sleep(0.2)
-    pytest.fail("timed out")
+    fail_stuck(driver, f"what the test waits for did not happen in {timeout} s")
 
 
 def kill_driver(driver):
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    time.sleep(3)  # the driver's trial actors die with it, a moment later
 
 
 def unfinished_with_checkpoint(run_dir, stage):
@@ -106,6 +149,7 @@ def test_driver_killed_then_rerun_completes_each_trial_once(phase, tmp_path, clu
     wait_for(lambda: moment(run_dir), driver)
     interrupted = {stage: unfinished_with_checkpoint(run_dir, stage) for stage in ("pretrain", "eval")}
     kill_driver(driver)
+    wait_until_released(cluster.address)
     before = rows(run_dir) if (run_dir / "trials.parquet").exists() else pd.DataFrame({"trial_id": [], "finished_at": []})
 
     assert "resuming" in run(study, cluster, tmp_path)
@@ -126,7 +170,7 @@ def test_driver_killed_while_replacing_the_results_file(tmp_path, cluster):
     assert list(run_dir.glob(".trials.parquet.*.partial"))  # the new file was written, not renamed
     before = rows(run_dir)  # the old file is whole
     assert len(before) == 1
-    time.sleep(3)
+    wait_until_released(cluster.address)
 
     run(study, cluster, tmp_path)
     check_complete(run_dir, before, 2, EPOCHS)

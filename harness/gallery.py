@@ -19,7 +19,7 @@ from .pretrain import CHECKPOINT_FILE
 from .results import STUDY_FILE
 from .sources import resolve_source, split
 from .storage import Storage, study_storage
-from .study import Study
+from .study import Distribution, Study
 
 
 def latest_checkpoint(storage: Storage, pretrain_run: str) -> dict | None:
@@ -36,6 +36,21 @@ def latest_checkpoint(storage: Storage, pretrain_run: str) -> dict | None:
         return None
 
 
+def declared_point(study: Study, row: pd.Series) -> dict[str, Any]:
+    """Trial `row`'s sweep point, typed as the study declared it: Parquet keeps an integer column
+    with gaps (decoder_depth, unset on the scratch point) as floats, and a model wants 8, not 8.0."""
+    point = {name: getattr(row[name], "item", lambda: row[name])()  # numpy -> python
+             for name in study.sweep.swept_names() if name in row and not _missing(row[name])}
+    for name, value in point.items():
+        spec = study.sweep.parameters.get(name)
+        declared = [p[name] for p in study.sweep.points if name in p] + (spec if isinstance(spec, list) else [])
+        integer = spec.type == "int" if isinstance(spec, Distribution) else any(
+            isinstance(v, int) and not isinstance(v, bool) for v in declared)
+        if integer and isinstance(value, float) and value.is_integer():
+            point[name] = int(value)
+    return point
+
+
 def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames: int = 4) -> Path | None:
     """Write the gallery of trial `row` to `out`; None when its checkpoint or study is gone."""
     run = row.get("pretrain_run") if isinstance(row.get("pretrain_run"), str) else f"{row['trial_id']}-pretrain"
@@ -43,9 +58,7 @@ def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames
     if checkpoint is None or not study_file.exists():
         return None
     study = Study.model_validate(json.loads(study_file.read_text()))
-    point: dict[str, Any] = {name: getattr(row[name], "item", lambda: row[name])()  # numpy -> python
-                             for name in study.sweep.swept_names() if name in row and not _missing(row[name])}
-    experiment = study.experiment(point)
+    experiment = study.experiment(declared_point(study, row))
     model = VideoMAE(experiment.model.build(), loss=experiment.pretrain.loss)
     model.load_state_dict(checkpoint["model"])
     model.eval()

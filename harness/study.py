@@ -188,10 +188,12 @@ class SweepSpec(Strict):
         return self
 
     def grid_points(self) -> list[dict[str, Any]]:
-        """Every configuration of a grid sweep (dotted path -> value), in a stable order."""
+        """Every configuration of a grid sweep (dotted path -> value), in a stable order: the points
+        vary fastest, so trials started together rarely share a pre-training (domain_shift's encoders,
+        each evaluated on two targets, would otherwise pre-train one at a time)."""
         names = list(self.parameters)
         combos = [dict(zip(names, values)) for values in itertools.product(*(self.parameters[n] for n in names))]
-        return [{**point, **combo} for point in (self.points or [{}]) for combo in combos]
+        return [{**point, **combo} for combo in combos for point in (self.points or [{}])]
 
     def swept_names(self) -> list[str]:
         """The dotted paths a trial's row records: the parameters, then any the points set."""

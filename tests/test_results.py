@@ -2,7 +2,11 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from harness.figures import parameter_figure, summarize
+from harness.gallery import declared_point
 from harness.results import upsert_rows
+from harness.study import load_study
+from models import VideoMAE
+from conftest import REPO
 
 
 def test_upsert_replaces_by_trial_and_leaves_no_partial_files(tmp_path):
@@ -44,3 +48,18 @@ def test_storage_that_cannot_take_results_is_refused_before_anything_runs(tmp_pa
         check_storage(tmp_path / "runs", min_free=2 ** 62)  # more space than any disk has
     check_storage(tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_integer_sweep_value_read_back_from_parquet_builds_the_model_it_named(tmp_path):
+    """decoder_depth is unset on the scratch point, so Parquet gives the column back as floats;
+    the report's gallery rebuilds the trial's model from the row and needs 8, not 8.0."""
+    study = load_study(REPO / "studies" / "decoder_depth.yaml", "cpu")
+    path = tmp_path / "trials.parquet"
+    upsert_rows(path, [{"trial_id": "deep", "model.overrides.decoder_depth": 8, "pretrain.method": None},
+                       {"trial_id": "scratch", "model.overrides.decoder_depth": None, "pretrain.method": "scratch"}])
+    rows = pd.read_parquet(path).set_index("trial_id", drop=False)
+    assert rows["model.overrides.decoder_depth"].dtype == float
+    point = declared_point(study, rows.loc["deep"])
+    assert point == {"model.overrides.decoder_depth": 8} and type(point["model.overrides.decoder_depth"]) is int
+    assert len(VideoMAE(study.experiment(point).model.build()).decoder.blocks) == 8
+    assert declared_point(study, rows.loc["scratch"]) == {"pretrain.method": "scratch"}

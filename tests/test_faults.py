@@ -48,7 +48,7 @@ def ray_status(address):
 
 
 def cpus_in_use(address):
-    usage = re.search(r"Total Usage:\s*([\d.]+)/([\d.]+) CPU", ray_status(address))
+    usage = re.search(r"Total Usage:\s*([\d.]+)/[\d.]+ CPU", ray_status(address))
     return float(usage.group(1)) if usage else None
 
 

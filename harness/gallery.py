@@ -19,7 +19,7 @@ from .pretrain import CHECKPOINT_FILE
 from .results import STUDY_FILE
 from .sources import resolve_source, split
 from .storage import Storage, study_storage
-from .study import Study
+from .study import Distribution, Study
 
 
 def latest_checkpoint(storage: Storage, pretrain_run: str) -> dict | None:
@@ -37,13 +37,18 @@ def latest_checkpoint(storage: Storage, pretrain_run: str) -> dict | None:
 
 
 def declared_point(study: Study, row: pd.Series) -> dict[str, Any]:
-    """Trial `row`'s sweep point as the study declared it: Parquet keeps an integer column with
-    gaps (decoder_depth, unset on the scratch point) as floats, and a model wants 8, not 8.0.
-    Only a grid's points leave gaps (an Optuna trial draws every parameter), and 8.0 == 8."""
+    """Trial `row`'s sweep point, typed as the study declared it: Parquet keeps an integer column
+    with gaps (decoder_depth, unset on the scratch point) as floats, and a model wants 8, not 8.0."""
     point = {name: getattr(row[name], "item", lambda: row[name])()  # numpy -> python
              for name in study.sweep.swept_names() if name in row and not _missing(row[name])}
-    declared = study.sweep.grid_points() if study.sweep.method == "grid" else []
-    return next((grid_point for grid_point in declared if grid_point == point), point)
+    for name, value in point.items():
+        spec = study.sweep.parameters.get(name)
+        declared = [p[name] for p in study.sweep.points if name in p] + (spec if isinstance(spec, list) else [])
+        integer = spec.type == "int" if isinstance(spec, Distribution) else any(
+            isinstance(v, int) and not isinstance(v, bool) for v in declared)
+        if integer and isinstance(value, float) and value.is_integer():
+            point[name] = int(value)
+    return point
 
 
 def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames: int = 4) -> Path | None:

@@ -55,11 +55,12 @@ def test_an_integer_sweep_value_read_back_from_parquet_builds_the_model_it_named
     the report's gallery rebuilds the trial's model from the row and needs 8, not 8.0."""
     study = load_study(REPO / "studies" / "decoder_depth.yaml", "cpu")
     path = tmp_path / "trials.parquet"
-    upsert_rows(path, [{"trial_id": "deep", "model.overrides.decoder_depth": 8, "pretrain.method": None},
+    upsert_rows(path, [{"trial_id": "deep", "model.overrides.decoder_depth": 8, "pretrain.method": "videomae"},
                        {"trial_id": "scratch", "model.overrides.decoder_depth": None, "pretrain.method": "scratch"}])
     rows = pd.read_parquet(path).set_index("trial_id", drop=False)
     assert rows["model.overrides.decoder_depth"].dtype == float
     point = declared_point(study, rows.loc["deep"])
-    assert point == {"model.overrides.decoder_depth": 8} and type(point["model.overrides.decoder_depth"]) is int
+    assert point == {"model.overrides.decoder_depth": 8, "pretrain.method": "videomae"}  # as the real rows record it
+    assert type(point["model.overrides.decoder_depth"]) is int
     assert len(VideoMAE(study.experiment(point).model.build()).decoder.blocks) == 8
     assert declared_point(study, rows.loc["scratch"]) == {"pretrain.method": "scratch"}

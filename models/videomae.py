@@ -63,12 +63,23 @@ class CubeEmbedding(nn.Module):
         return F.linear(cubes.flatten(2), self.proj.weight.flatten(1), self.proj.bias)
 
 
-class Attention(TimmAttention):
-    """timm's attention, with the kernel picked for CPU bf16 autocast: PyTorch's bf16 flash
-    attention backward on CPU is several times slower than fp32's, so short sequences use plain
-    matmuls (which run on AMX) and long ones the fp32 fused kernel. Otherwise: fused SDPA."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, tokens, d), with the kernel picked for CPU bf16
+    autocast (benchmarks/attention.py, on AMX): plain bf16 matmuls win on short sequences and
+    small score matrices; PyTorch's fused bf16 kernel wins on long sequences but is slower than
+    its fp32 one on short ones. Elsewhere: the fused kernel in the autocast dtype."""
+    batch, heads, tokens, dim = q.shape
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and tokens <= 512:
+        if dropout == 0.0:
+            return ((q * dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout).to(q.dtype)
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0.0 and batch * heads * tokens**2 <= 2**23:
+        return ((q * dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
 
-    short_sequence = 512
+
+class Attention(TimmAttention):
+    """timm's attention with the kernel chosen by `attend`."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
@@ -77,14 +88,7 @@ class Attention(TimmAttention):
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        dropout = self.attn_drop.p if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            if tokens <= self.short_sequence and dropout == 0.0:
-                out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-            else:
-                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout).to(q.dtype)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = attend(q, k, v, self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
 
 

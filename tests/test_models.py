@@ -106,15 +106,20 @@ def test_reconstruction_keeps_visible_cubes_and_fills_masked_ones():
 
 
 def test_bf16_attention_kernels_agree_with_fp32_sdpa():
-    """Under CPU bf16 autocast short sequences use plain matmuls and long ones fp32 SDPA; both
-    must compute the same attention as the fused fp32 kernel, to bf16 precision."""
+    """Under CPU bf16 autocast `attend` picks plain matmuls (short sequences, small score
+    matrices) or the fused bf16 kernel (long ones); each must compute the same attention as the
+    fused fp32 kernel, to bf16 precision, forward and backward."""
     from models.videomae import Attention
     torch.manual_seed(0)
     attention = Attention(64, num_heads=4, qkv_bias=True).eval()
-    for tokens in (16, Attention.short_sequence + 8):
-        x = torch.randn(2, tokens, 64)
+    # 16 tokens: plain; 520 x 2 x 4: plain (small score matrix); 1500 x 2 x 4: fused bf16
+    for tokens in (16, 520, 1500):
+        x = torch.randn(2, tokens, 64, requires_grad=True)
         expected = attention(x)
+        (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = attention(x)
+        (got_grad,) = torch.autograd.grad(got.float().square().sum(), x)
         assert got.dtype == torch.bfloat16
         assert torch.allclose(got.float(), expected, atol=0.05, rtol=0.05)
+        assert torch.allclose(got_grad, expected_grad, atol=0.05 * expected_grad.abs().max(), rtol=0.05)

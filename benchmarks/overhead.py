@@ -48,8 +48,9 @@ def trimmed_study(source: str, scale: str, points: int, epochs: int | None, name
     return str(path)
 
 
-def in_process_trial(args: tuple[str, str, dict]) -> tuple[float, list[float]]:
-    """(seconds, pre-training clips/s per epoch) of one trial run in this process."""
+def in_process_trial(args: tuple[str, str, dict]) -> dict:
+    """Seconds of one trial run in this process: the whole trial, each stage, the pre-training
+    epochs (their sum is the loop), and the pre-training clips/s per epoch."""
     study_path, scale, point = args
     import torch
 
@@ -61,16 +62,49 @@ def in_process_trial(args: tuple[str, str, dict]) -> tuple[float, list[float]]:
     study = load_study(study_path, scale)
     experiment = study.experiment({k: v for k, v in point.items() if k != "seed"})
     started = time.perf_counter()
-    speeds = []
+    reports = []
     with tempfile.TemporaryDirectory() as checkpoints:
         checkpoint = None
         if experiment.pretrain.method == "videomae":
             session = Session(checkpoints)
             pretrain(experiment, point["seed"], session)
             checkpoint = session.latest_checkpoint()
-            speeds = [report["clips_per_s"] for report in session.reports]
+            reports = session.reports
+        pretrained = time.perf_counter()
         evaluate(experiment, point["seed"], Session(), checkpoint)
-    return time.perf_counter() - started, speeds
+    ended = time.perf_counter()
+    return {"trial": ended - started, "pretrain": pretrained - started, "eval": ended - pretrained,
+            "epochs": sum(r["epoch_time_s"] for r in reports), "speeds": [r["clips_per_s"] for r in reports]}
+
+
+def ray_stage_times(runs: Path, study: str, points: list[dict]) -> list[dict]:
+    """The same times for each point as `harness run` recorded them in its Parquet rows."""
+    import pandas as pd
+
+    trials, epochs = (pd.read_parquet(runs / study / f"{name}.parquet") for name in ("trials", "epochs"))
+    found = []
+    for point in points:
+        match = (trials["seed"] == point["seed"])
+        for key, value in point.items():
+            if key != "seed":
+                match &= trials[key] == value
+        row = trials[match].iloc[0]
+        epoch_s = epochs.loc[epochs["trial_id"] == row["trial_id"], "epoch_time_s"].sum()
+        found.append({"trial": row["wall_time_s"], "pretrain": row["pretrain_time_s"], "eval": row["eval_time_s"],
+                      "epochs": epoch_s})
+    return found
+
+
+def print_stages(points: list[dict], in_process: list[dict], through: list[dict]) -> None:
+    """Where each trial's extra time goes: the pre-training loop itself, the rest of the
+    pre-training stage (start, checkpoints, shut down), and the evaluation stage."""
+    print("| trial | side | pre-training epochs | rest of pre-training stage | evaluation stage | trial |")
+    print("|---|---|---|---|---|---|")
+    for point, ours, theirs in zip(points, in_process, through):
+        name = ", ".join(f"{k}={v}" for k, v in point.items())
+        for side, times in (("in-process", ours), ("harness run", theirs)):
+            print(f"| {name} | {side} | {times['epochs']:.1f} | {times['pretrain'] - times['epochs']:.1f} | "
+                  f"{times['eval']:.1f} | {times['trial']:.1f} |")
 
 
 def through_ray(study_path: str, scale: str, runs: Path) -> tuple[float, float]:
@@ -130,20 +164,22 @@ def main() -> None:
               f"{workers} at a time", flush=True)
 
         started = time.perf_counter()
-        trial_times = []
+        in_process_times = []
         with ProcessPoolExecutor(workers) as pool:
-            for point, (trial_time, speeds) in zip(points, pool.map(in_process_trial, [(study_path, args.scale, p)
-                                                                                        for p in points])):
-                trial_times.append(trial_time)
-                print(f"  in-process trial {len(trial_times)}/{len(points)} {point}: {trial_time:.1f} s; pre-training "
-                      f"clips/s per epoch {', '.join(f'{s:.1f}' for s in speeds)}", flush=True)
+            for point, times in zip(points, pool.map(in_process_trial, [(study_path, args.scale, p) for p in points])):
+                in_process_times.append(times)
+                print(f"  in-process trial {len(in_process_times)}/{len(points)} {point}: {times['trial']:.1f} s; "
+                      f"pre-training clips/s per epoch {', '.join(f'{s:.1f}' for s in times['speeds'])}", flush=True)
         in_process = time.perf_counter() - started
-        print(f"in-process: {in_process:.1f} s (trials {', '.join(f'{t:.1f}' for t in trial_times)} s)", flush=True)
+        trial_list = ", ".join(f"{t['trial']:.1f}" for t in in_process_times)
+        print(f"in-process: {in_process:.1f} s (trials {trial_list} s)", flush=True)
 
-        ray_wall, first = through_ray(study_path, args.scale, Path(tmp) / "runs")
+        runs = Path(tmp) / "runs"
+        ray_wall, first = through_ray(study_path, args.scale, runs)
         print(f"harness run: {ray_wall:.1f} s; first trial started {first:.1f} s after the command", flush=True)
         print(f"overhead: {100 * (ray_wall / in_process - 1):+.1f}% ({ray_wall - in_process:+.1f} s over "
               f"{len(points)} trials)")
+        print_stages(points, in_process_times, ray_stage_times(runs, study.name, points))
 
 
 if __name__ == "__main__":

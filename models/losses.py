@@ -72,10 +72,12 @@ def reconstruction_target(cubes: torch.Tensor, normalize_cubes: bool = True) -> 
     shape = (1, 1, -1, 1)
     mean = torch.tensor(IMAGENET_MEAN, device=cubes.device).view(shape)
     std = torch.tensor(IMAGENET_STD, device=cubes.device).view(shape)
-    pixels = cubes.float() * std + mean
+    pixels = cubes.float() * std  # a new tensor: the in-place steps below leave `cubes` alone
+    pixels.add_(mean)
     if normalize_cubes:
+        # In place: at ViT-B each step over the target would otherwise allocate another ~17 MB.
         variance, average = torch.var_mean(pixels, dim=-1, correction=1, keepdim=True)
-        pixels = (pixels - average) / (variance.sqrt() + 1e-6)
+        pixels.sub_(average).div_(variance.sqrt_().add_(1e-6))
     return pixels.transpose(2, 3).flatten(2)
 
 

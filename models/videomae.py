@@ -69,12 +69,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0
     small score matrices; PyTorch's fused bf16 kernel wins on long sequences but is slower than
     its fp32 one on short ones. Elsewhere: the fused kernel in the autocast dtype."""
     batch, heads, tokens, dim = q.shape
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and tokens <= 512:
-        if dropout == 0.0:
-            return ((q * dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout).to(q.dtype)
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0.0 and batch * heads * tokens**2 <= 2**23:
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    short = tokens <= 512
+    if dropout == 0.0 and (short or batch * heads * tokens**2 <= 2**23):
         return ((q * dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    if short:  # only with attention dropout, which VideoMAE does not use
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
 
 

@@ -1,4 +1,4 @@
-"""Attention kernels under CPU bf16: the measurements behind `models.videomae.Attention`'s choice.
+"""Attention kernels under CPU bf16: the measurements behind `models.videomae.attend`'s choice.
 
 For each (batch, heads, tokens, head dim) shape, forward + backward of one attention in the
 layout the model has (q, k, v views of one fused qkv projection, gradient arriving through the

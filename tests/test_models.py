@@ -26,6 +26,13 @@ def test_patchify_round_trips_and_target_is_normalized_per_cube():
     assert torch.allclose(target.std(dim=2), torch.ones(2, 128, 3), atol=1e-3)
 
 
+def test_flat_cubes_have_a_zero_target():
+    """A flat region (a black background, a sprite's inside) is not rounding noise times 1e6."""
+    video = torch.randn(3000, 3, 2, 8, 8)
+    video[:] = torch.randn(3000, 3, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(reconstruction_target(cube_pixels(video, 8, 2)), torch.zeros(3000, 1, 128 * 3))
+
+
 def test_pretrain_forward_predicts_only_masked_tokens_and_learns():
     torch.manual_seed(0)
     config = model_config("tiny")

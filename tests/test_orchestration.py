@@ -1,6 +1,7 @@
 """Sweeps through real Ray on a 2-node `ray.cluster_utils.Cluster`: grid with the scratch
 baseline and 2 gloo workers per trial, Optuna, ASHA early stopping, and a Ray Job submission.
 Interruption and faults: tests/test_faults.py."""
+import os
 import subprocess
 import sys
 import time
@@ -76,3 +77,18 @@ def test_asha_stops_the_trial_with_the_worse_pretraining_loss(tmp_path, cluster)
     assert "STOPPED" in output
     epochs = pd.read_parquet(tmp_path / "runs" / "asha" / "epochs.parquet").groupby("pretrain.loss")["epoch"].max()
     assert epochs["mse_raw"] == 4 and epochs["mse"] < 4
+
+
+@pytest.mark.parametrize("user_value", [None, "3"])
+def test_train_poll_interval_reaches_the_trial_processes(cluster, user_value):
+    """`harness run` passes Ray Train's poll interval (0.5 s, or the user's own) to every process
+    of its job, where the Tune trainables read it when they start a Train run."""
+    script = ("import os, ray\nfrom harness.sweep import start_ray\n"
+              f"start_ray({cluster.address!r})\n"
+              "print('VALUE', ray.get(ray.remote(lambda: os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S')).remote()))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"}
+    if user_value:
+        env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = user_value
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"VALUE {user_value or '0.5'}" in done.stdout

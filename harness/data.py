@@ -127,9 +127,10 @@ def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int,
 
 
 # ----------------------------------------------------------------------------- decoding
-def decode(path: str, indices_for: Callable[[int], list[list[int]]]) -> tuple[np.ndarray, list[list[int]]]:
+def decode(path: str, indices_for: Callable[[int], list[list[int]]]) -> tuple[np.ndarray, list[list[int]], int]:
     """Frames (N, H, W, 3) uint8 for the union of the index lists `indices_for(length)` returns,
-    and those lists re-expressed as rows of the decoded array. Raises BadVideo."""
+    those lists re-expressed as rows of the decoded array, and the video's length (N == length:
+    every frame was read, rows are frame indices). Raises BadVideo."""
     try:
         reader = decord.VideoReader(path, num_threads=1)
     except Exception as error:  # decord raises RuntimeError or DECORDError with a long trace
@@ -146,7 +147,7 @@ def decode(path: str, indices_for: Callable[[int], list[list[int]]]) -> tuple[np
     if frames.shape[0] != len(wanted) or frames.ndim != 4 or frames.shape[-1] != 3:
         raise BadVideo(f"decoder returned {frames.shape} for {len(wanted)} frames")
     row = {index: r for r, index in enumerate(wanted)}
-    return frames, [[row[i] for i in view] for view in views]
+    return frames, [[row[i] for i in view] for view in views], length
 
 
 def _open_reason(path: str, error: Exception) -> str:
@@ -163,19 +164,34 @@ def _last_line(error: Exception) -> str:
 
 
 # ----------------------------------------------------------------------------- the dataset
+CACHE_ENV = "VIDEOMAE_HARNESS_DECODE_CACHE_MB"
+
+
+def decode_cache_mb() -> float:
+    """What a training dataset may keep decoded, per process: $VIDEOMAE_HARNESS_DECODE_CACHE_MB
+    (default 1024; 0 turns it off). A 16 x 32 x 32 clip takes 48 KB, 16 x 112 x 112 588 KB."""
+    value = os.environ.get(CACHE_ENV, "1024")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise DataError(f"{CACHE_ENV} must be a number of MB, not {value!r}") from None
+
+
 class ClipDataset(Dataset):
     """(video, label) per manifest row; video is (C, T, H, W), or (V, C, T, H, W) with V > 1 views.
 
     train=True: one random window of `num_frames` at `stride` per decode, new each epoch
     (set_epoch), and `num_sample` views of it, each with its own multi-scale crop (and flip if
     `flip`): VideoMAE V2's repeated augmentation, which halves decoding per clip at num_sample=2.
-    train=False: `test_clips` x `test_crops` views; `sampling` "segment" (TSN) or "window"."""
+    train=False: `test_clips` x `test_crops` views; `sampling` "segment" (TSN) or "window".
+    `cache_mb`: videos no longer than what one decode reads (the synthetic clips of the studies)
+    are kept decoded, up to this many MB per process, so later epochs only augment them."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], num_frames: int, size: int,
                  stride: int = 1, train: bool = True, seed: int = 0, *, num_sample: int = 1,
                  scales: Sequence[float] = SCALES, flip: bool = False, test_clips: int = 1,
                  test_crops: int = 1, sampling: Literal["segment", "window"] = "segment",
-                 on_error: OnError = "skip"):
+                 on_error: OnError = "skip", cache_mb: float = 0):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be skip or raise, not {on_error!r}")
         if test_crops not in (1, 3):
@@ -187,6 +203,8 @@ class ClipDataset(Dataset):
         self.test_clips, self.test_crops, self.sampling = test_clips, test_crops, sampling
         self.on_error = on_error
         self.skipped: dict[str, str] = {}  # path -> reason, in this process
+        self.cache_room = int(cache_mb * 2**20)  # bytes of uint8 frames still to keep
+        self.decoded: dict[int, torch.Tensor] = {}  # item -> all its frames, in this process
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -212,8 +230,7 @@ class ClipDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The views of item `index` (V, C, T, size, size); raises BadVideo."""
-        frames, views = decode(self.paths[index], lambda length: self.frame_indices(length, index))
-        frames = torch.from_numpy(frames)
+        frames, views = self._frames(index)
         height, width = frames.shape[1:3]
         out = torch.empty(self.views, 3, self.num_frames, self.size, self.size)
         if self.train:
@@ -227,6 +244,18 @@ class ClipDataset(Dataset):
             for view, (rows, box) in zip(out, [(r, b) for r in views for b in boxes]):
                 crop_resize(_take(frames, rows), box, self.size, out=view)
         return out
+
+    def _frames(self, index: int) -> tuple[torch.Tensor, list[list[int]]]:
+        """Decoded frames of item `index` and its views as rows of them, from the cache if kept."""
+        kept = self.decoded.get(index)
+        if kept is not None:
+            return kept, self.frame_indices(len(kept), index)
+        array, views, length = decode(self.paths[index], lambda n: self.frame_indices(n, index))
+        frames = torch.from_numpy(array)
+        if len(frames) == length and frames.numel() <= self.cache_room:
+            self.cache_room -= frames.numel()
+            self.decoded[index] = frames
+        return frames, views
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for attempt in range(MAX_SUBSTITUTES):

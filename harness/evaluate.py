@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from models import VideoEncoder, temporal_features
 
-from .data import ClipDataset
+from .data import ClipDataset, decode_cache_mb
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, resolved_precision, skipped_files
 from .session import Session, all_gather, machine
 from .sources import DataError, check_files, resolve_source, split, stratified_subset
@@ -106,7 +106,8 @@ def eval_dataset(experiment: Experiment, table: pd.DataFrame, train: bool, seed:
     return ClipDataset(table["path"], table["label"], config.num_frames, config.img_size,
                        stride=experiment.pretrain.stride, train=train, seed=seed,
                        scales=experiment.pretrain.scales, test_clips=spec.test_clips,
-                       test_crops=spec.test_crops, on_error=experiment.on_error)
+                       test_crops=spec.test_crops, on_error=experiment.on_error,
+                       cache_mb=decode_cache_mb() if train else 0)  # fine-tuning reads each clip every epoch
 
 
 def final_metrics(experiment: Experiment, logits: torch.Tensor, labels: torch.Tensor, train_clips: int,

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from models import VideoMAE, decoder_mask, make_mask
 
-from .data import ClipDataset, collate_views
+from .data import ClipDataset, collate_views, decode_cache_mb
 from .session import Session, all_gather, all_reduce_mean
 from .sources import check_files, resolve_source, split, stratified_subset
 from .study import Experiment
@@ -66,7 +66,8 @@ def pretrain_dataset(experiment: Experiment, seed: int) -> ClipDataset:
     check_files(table, spec.source)  # missing files stop the trial before any training
     return ClipDataset(table["path"], table["label"], config.num_frames, config.img_size,
                        stride=spec.stride, train=True, seed=seed, num_sample=spec.num_sample,
-                       scales=spec.scales, flip=spec.flip, on_error=experiment.on_error)
+                       scales=spec.scales, flip=spec.flip, on_error=experiment.on_error,
+                       cache_mb=decode_cache_mb())
 
 
 def skipped_files(datasets: list[ClipDataset]) -> dict[str, str]:

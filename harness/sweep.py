@@ -114,7 +114,7 @@ TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 def start_ray(address: str | None, verbose: bool = False) -> None:
     """Join `address` (or RAY_ADDRESS), else start a local Ray with the dashboard on 127.0.0.1."""
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {k: os.environ[k] for k in ("VIDEOMAE_HARNESS_CACHE",) if k in os.environ}
+    env = {k: os.environ[k] for k in ("VIDEOMAE_HARNESS_CACHE", "VIDEOMAE_HARNESS_DECODE_CACHE_MB") if k in os.environ}
     # Ray Train's controller polls its workers this often (default 2 s), and a stage's start
     # and end each wait for polls: 0.5 s saves a few seconds per trial (BENCHMARKS.md).
     env[TRAIN_POLL_ENV] = os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)

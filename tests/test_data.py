@@ -154,6 +154,31 @@ def test_several_views_per_decode_and_evaluation_views():
     assert single.shape == (3, 4, 32, 32) and torch.equal(single, crops[1])  # the centre crop
 
 
+def test_short_videos_are_decoded_once_within_the_cache_budget(tmp_path):
+    """Clips no longer than a window are kept decoded (up to cache_mb): later epochs give the same
+    views as decoding again, without reading the files; past the budget, files are decoded."""
+    params = SynthParams(train_clips=6, val_clips=1, size=32)
+    manifest = pd.read_csv(generate(params, tmp_path, workers=1))
+    paths = [str(tmp_path / p) for p in manifest["path"][:6]]
+    make = lambda cache_mb: ClipDataset(paths, [0] * 6, num_frames=16, size=24, num_sample=2, flip=True,  # noqa: E731
+                                        cache_mb=cache_mb)
+    cached, plain, partial = make(1), make(0), make(2 * 16 * 32 * 32 * 3 / 2**20)  # room for two clips
+    first = [[d[i][0] for i in range(6)] for d in (cached, plain, partial)]
+    assert len(cached.decoded) == 6 and not plain.decoded and sorted(partial.decoded) == [0, 1]
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(*first))
+    for dataset in (cached, plain):
+        dataset.set_epoch(1)
+    second = [plain[i][0] for i in range(6)]
+    for path in paths:
+        os.remove(path)
+    assert all(torch.equal(cached[i][0], second[i]) for i in range(6))  # no file read
+    assert not any(torch.equal(a, b) for a, b in zip(first[0], second))  # new crops each epoch
+    partial.set_epoch(1)
+    assert torch.equal(partial[0][0], second[0])  # kept
+    partial[5]  # a missing file now: skipped (and stood in for by a kept clip)
+    assert paths[5] in partial.skipped and paths[0] not in partial.skipped
+
+
 def test_sampling_is_the_same_in_another_process():
     """Ray workers and resumed trials are other processes: windows, crops and stand-ins must not
     depend on Python's per-process string hashing."""

@@ -130,6 +130,31 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
           f"{'http://' + url if url else 'not running'}", flush=True)
 
 
+def remove_leaked_placement_groups() -> int:
+    """Remove the placement groups that jobs no longer running left behind; returns how many.
+
+    Ray removes a job's (non-detached) placement groups when it ends, but a Ray Train worker
+    group's can outlive a driver killed with kill -9 (seen with Ray 2.60 on a 2-node cluster).
+    Left there, the CPUs it reserves stop a rerun of the study from ever scheduling a worker."""
+    from ray._private.state import jobs
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_placement_groups
+
+    try:
+        dead = {job["JobID"] for job in jobs() if job.get("IsDead")}
+        groups = list_placement_groups(filters=[("state", "!=", "REMOVED")], detail=True, limit=10_000,
+                                       raise_on_missing_output=False)
+    except Exception as error:  # the state API needs the dashboard; without it, nothing to do here
+        print(f"  (could not list placement groups: {type(error).__name__})", flush=True)
+        return 0
+    leaked = [group for group in groups if group.creator_job_id in dead and not group.is_detached]
+    for group in leaked:
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.placement_group_id)))
+    if leaked:
+        print(f"Removed {len(leaked)} placement group(s) left by ended jobs", flush=True)
+    return len(leaked)
+
+
 class TrialRecorder(Callback):
     """Prints progress and writes each finished trial's row to trials.parquet at once."""
 
@@ -290,6 +315,8 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
         ray_storage.check_writable()
     prepare_data(study)
     start_ray(address, verbose)
+    if address or os.environ.get("RAY_ADDRESS"):  # a cluster that outlives drivers (a local Ray does not)
+        remove_leaked_placement_groups()
     plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")
     run_dir = Path(runs_root).absolute() / study.name  # nothing is written here before the plan fits
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -92,3 +92,18 @@ def test_train_poll_interval_reaches_the_trial_processes(cluster, user_value):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"VALUE {user_value or '0.5'}" in done.stdout
+
+
+def test_leak_cleanup_keeps_the_placement_groups_of_live_jobs_and_detached_ones(cluster):
+    """`harness run` on a cluster removes what ended jobs left (tests/test_faults.py reruns hit
+    that), never a running job's placement group or a detached one."""
+    script = ("import ray\nfrom ray.util.placement_group import placement_group, remove_placement_group\n"
+              "from ray.util.state import list_placement_groups\nfrom harness.sweep import remove_leaked_placement_groups\n"
+              f"ray.init(address={cluster.address!r})\n"
+              "live = placement_group([{'CPU': 0.01}]); detached = placement_group([{'CPU': 0.01}], lifetime='detached')\n"
+              "ray.get([live.ready(), detached.ready()])\nremove_leaked_placement_groups()\n"
+              "states = {g.placement_group_id: g.state for g in list_placement_groups(detail=True, limit=10000)}\n"
+              "print('STATES', states[live.id.hex()], states[detached.id.hex()])\nremove_placement_group(detached)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "STATES CREATED CREATED" in done.stdout

@@ -111,9 +111,11 @@ def prepare_data(study: Study) -> None:
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 
 
-def start_ray(address: str | None, verbose: bool = False) -> None:
-    """Join `address` (or RAY_ADDRESS), else start a local Ray with the dashboard on 127.0.0.1."""
+def start_ray(address: str | None, verbose: bool = False) -> bool:
+    """Join `address` (or RAY_ADDRESS), else start a local Ray with the dashboard on 127.0.0.1.
+    Returns whether it joined a cluster (one that outlives this driver)."""
     address = address or os.environ.get("RAY_ADDRESS")
+    # The data settings the workers read (named here: harness.data imports torch, the driver does not).
     env = {k: os.environ[k] for k in ("VIDEOMAE_HARNESS_CACHE", "VIDEOMAE_HARNESS_DECODE_CACHE_MB") if k in os.environ}
     # Ray Train's controller polls its workers this often (default 2 s), and a stage's start
     # and end each wait for polls: 0.5 s saves a few seconds per trial (BENCHMARKS.md).
@@ -128,6 +130,7 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     url = context.dashboard_url
     print(f"Ray {'cluster ' + address if address else 'started locally'}; dashboard: "
           f"{'http://' + url if url else 'not running'}", flush=True)
+    return bool(address)
 
 
 def remove_leaked_placement_groups() -> int:
@@ -314,8 +317,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     if ray_storage:
         ray_storage.check_writable()
     prepare_data(study)
-    start_ray(address, verbose)
-    if address or os.environ.get("RAY_ADDRESS"):  # a cluster that outlives drivers (a local Ray does not)
+    if start_ray(address, verbose):  # a local Ray ends with its driver, and leaves nothing behind
         remove_leaked_placement_groups()
     plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")
     run_dir = Path(runs_root).absolute() / study.name  # nothing is written here before the plan fits

@@ -78,7 +78,8 @@ def reconstruction_target(cubes: torch.Tensor, normalize_cubes: bool = True) -> 
     if not normalize_cubes:
         pixels = (cubes.float() * std).add_(torch.tensor(IMAGENET_MEAN, device=cubes.device).view(shape))
         return pixels.transpose(2, 3).flatten(2)
-    pixels = cubes.float() - cubes.float().mean(-1, keepdim=True)  # a new tensor: `cubes` is left alone
+    cubes = cubes.float()
+    pixels = cubes - cubes.mean(-1, keepdim=True)  # a new tensor: the caller's cubes are left alone
     # The fp32 mean of a flat cube is off by an ulp, which the division would blow up by 1e6:
     # removing the residual's mean makes a flat cube's target exactly zero.
     pixels.sub_(pixels.mean(-1, keepdim=True))

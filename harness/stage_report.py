@@ -1,5 +1,5 @@
-"""The Ray Train callback that forwards each epoch's report to Tune. Part of the trial layer, kept
-in its own small module because Ray Train's controller process unpickles it."""
+"""How a stage's epoch reports reach Tune: the Ray Train callback that forwards them from a worker
+group, kept in its own small module because Ray Train's controller process unpickles it."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,13 +7,16 @@ from typing import Any
 from ray.tune.integration.ray_train import TuneReportCallback
 
 
+def tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A stage's report with its stage in two more keys (pretrain_epoch and pretrain_loss, or
+    finetune_*), so a scheduler compares trials at the same pre-training epoch."""
+    if {"stage", "epoch", "loss"} <= metrics.keys():
+        return {**metrics, f"{metrics['stage']}_epoch": metrics["epoch"], f"{metrics['stage']}_loss": metrics["loss"]}
+    return metrics
+
+
 class StageReportCallback(TuneReportCallback):
-    """Forwards each epoch's report to Tune with its stage in two keys (pretrain_epoch and
-    pretrain_loss, or finetune_*), so a scheduler compares trials at the same pre-training epoch."""
+    """Forwards each epoch's report of a Ray Train worker group to Tune (`tune_metrics`)."""
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        first = metrics[0]
-        if {"stage", "epoch", "loss"} <= first.keys():
-            metrics = [{**first, f"{first['stage']}_epoch": first["epoch"], f"{first['stage']}_loss": first["loss"]},
-                       *metrics[1:]]
-        super().after_report(run_context, metrics, checkpoint)
+        super().after_report(run_context, [tune_metrics(metrics[0]), *metrics[1:]], checkpoint)

@@ -22,7 +22,7 @@ from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check
 from .sources import check_files, resolve_source
 from .storage import Storage, remember_storage
 from .study import Study, StudyError, data_sources, get_path
-from .trial import POINT, TRIAL_CPU, PretrainLeases, leases_name, run_trial, sweep_point
+from .trial import POINT, PretrainLeases, leases_name, run_trial, sweep_point, trial_resources
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
                "eval_top1", "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s", "wall_time_s", "skipped_videos",
@@ -338,7 +338,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     # Kept referenced until the study ends: a named actor without a handle is collected.
     leases = PretrainLeases.options(name=leases_name(study.name), get_if_exists=True).remote()
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, study=study.model_dump(), storage=ray_storage), {"CPU": TRIAL_CPU})
+        ray.tune.with_parameters(run_trial, study=study.model_dump(), storage=ray_storage), trial_resources(study))
     tune_dir, filesystem = ray_storage.path("tune"), ray_storage.filesystem
     if not restart and ray.tune.Tuner.can_restore(tune_dir, storage_filesystem=filesystem):
         print(f"resuming {ray_storage.describe()}/tune (finished trials are kept; --restart starts over)", flush=True)

@@ -1,4 +1,6 @@
 """One trial: a pre-training Ray Train run, then an evaluation Ray Train run from its encoder.
+With one worker per trial (and `resources.local_mode`, the default) the trial runs both stages
+in its own process instead, with no Train worker group to start for each.
 
 This is the only layer (with harness/sweep.py, harness/worker.py and harness/stage_report.py) that
 imports Ray; the loops it runs are plain functions of (experiment, seed, session). It imports
@@ -29,6 +31,34 @@ def sweep_point(config: dict[str, Any]) -> dict[str, Any]:
     return dict(config[POINT]) if POINT in config else {k: v for k, v in config.items() if k != "seed"}
 
 
+def in_trial_process(study: Study) -> bool:
+    """Whether a trial runs its stages itself, in its own process (one worker, `local_mode`)."""
+    return study.resources.local_mode and study.resources.workers_per_trial == 1
+
+
+def trial_resources(study: Study) -> dict[str, float]:
+    """What the Tune trainable reserves: a worker's share when it runs the stages itself, else
+    almost nothing (it only waits on its Train runs, whose workers reserve their own)."""
+    resources = study.resources
+    if not in_trial_process(study):
+        return {"CPU": TRIAL_CPU}
+    return {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {})}
+
+
+def run_stage(worker: Callable[..., None], name: str, study: Study, storage: Storage,
+              loop_config: dict) -> tuple[dict, ray.train.Checkpoint | None]:
+    """Run one stage named `name` (relaunching it resumes it); its last metrics and checkpoint."""
+    loop_config = {**loop_config, "cpus_per_worker": study.resources.cpus_per_worker}
+    if in_trial_process(study):
+        from .worker import LocalRunSession
+
+        session = LocalRunSession(storage, name)
+        worker(loop_config, session)
+        return session.metrics, session.checkpoint
+    result = _fit(worker, name, study, storage, loop_config)
+    return result.metrics, result.checkpoint
+
+
 def _fit(worker: Callable[[dict], None], name: str, study: Study, storage: Storage,
          loop_config: dict) -> ray.train.Result:
     from ray.train.torch import TorchTrainer  # imports torch: only once a stage is about to run
@@ -41,7 +71,7 @@ def _fit(worker: Callable[[dict], None], name: str, study: Study, storage: Stora
         per_worker["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         worker,
-        train_loop_config={**loop_config, "cpus_per_worker": resources.cpus_per_worker},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=resources.workers_per_trial,
                                                use_gpu=resources.gpus_per_worker > 0,
                                                resources_per_worker=per_worker),
@@ -111,10 +141,10 @@ def pretrained(experiment: Experiment, seed: int, trial_id: str, study: Study, s
         from .worker import pretrain_worker
 
         run = f"{trial_id}-pretrain"
-        result = _fit(pretrain_worker, run, study, storage, loop_config)
-        storage.write_json({"trial_id": trial_id, "run": run, "checkpoint": result.checkpoint.path,
-                            "metrics": result.metrics}, *record)
-        return result.checkpoint, result.metrics, None
+        metrics, checkpoint = run_stage(pretrain_worker, run, study, storage, loop_config)
+        storage.write_json({"trial_id": trial_id, "run": run, "checkpoint": checkpoint.path,
+                            "metrics": metrics}, *record)
+        return checkpoint, metrics, None
     finally:
         stop.set()
         leases.release.remote(key, trial_id)
@@ -154,14 +184,14 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage) -> None:
     from .worker import evaluate_worker
 
     eval_started = time.time()
-    result = _fit(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
-                  {**loop_config, "checkpoint": checkpoint})
-    skipped.update(result.metrics.get("skipped_files", []))  # a file bad in both stages counts once
-    summary.update(eval_top1=result.metrics["top1"], eval_top5=result.metrics["top5"],
-                   eval_protocol=result.metrics["protocol"], precision=result.metrics["precision"],
-                   machine=result.metrics["machine"],
-                   finetune_loss_curve=result.metrics.get("finetune_loss_curve", []),
-                   eval_train_clips=result.metrics["train_clips"], eval_time_s=time.time() - eval_started,
+    metrics, _ = run_stage(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
+                           {**loop_config, "checkpoint": checkpoint})
+    skipped.update(metrics.get("skipped_files", []))  # a file bad in both stages counts once
+    summary.update(eval_top1=metrics["top1"], eval_top5=metrics["top5"],
+                   eval_protocol=metrics["protocol"], precision=metrics["precision"],
+                   machine=metrics["machine"],
+                   finetune_loss_curve=metrics.get("finetune_loss_curve", []),
+                   eval_train_clips=metrics["train_clips"], eval_time_s=time.time() - eval_started,
                    wall_time_s=time.time() - started, skipped_videos=len(skipped), stage="done")
     resources = study_obj.resources
     summary.update(workers=resources.workers_per_trial,

@@ -1,17 +1,24 @@
-"""What runs inside a Ray Train worker: the session the training loops report through, and the
-entry points of the two stages. Only the Train workers (and the controller, which unpickles the
-entry points) import this module; the driver and the Tune trainable do not need torch."""
+"""What runs a stage: the sessions the training loops report through (in a Ray Train worker, or
+in the trial's own process) and the entry points of the two stages. The Train workers, the
+controller (which unpickles the entry points) and a trial running a stage itself import this
+module; the driver does not need torch."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
+import ray.tune
 import torch
 
 from .session import Session
+from .stage_report import tune_metrics
+from .storage import Storage
 from .study import Experiment
+
+LATEST_FILE = "latest.json"  # a stage run in the trial: its newest checkpoint, {"index": n, "checkpoint": folder}
 
 
 class RayTrainSession(Session):
@@ -38,22 +45,65 @@ class RayTrainSession(Session):
         return Path(checkpoint.to_directory()) if checkpoint else None
 
 
-def _worker_setup(config: dict) -> tuple[Experiment, int, RayTrainSession]:
+class LocalRunSession(Session):
+    """A one-worker stage run in the trial's own process (no Ray Train worker group: Ray Train's
+    API refuses to run inside a Tune trial). It keeps each checkpoint where a Train run would (the
+    run's folder in the study's storage, which a rerun resumes from) and reports each epoch to Tune."""
+
+    def __init__(self, storage: Storage, run: str) -> None:
+        super().__init__()
+        self.storage, self.run = storage, run
+        self.record = storage.read_json("train", run, LATEST_FILE)
+        self.metrics: dict[str, Any] = {}
+        self.checkpoint: ray.train.Checkpoint | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
+        self.metrics = metrics
+        if checkpoint_dir:
+            self.checkpoint = self._keep(Path(checkpoint_dir))
+        ray.tune.report(tune_metrics(metrics))
+
+    def _keep(self, directory: Path) -> ray.train.Checkpoint:
+        """Copy a checkpoint into storage, then point the run's record at it, then drop the one
+        before: a kill at any moment leaves the record naming a whole checkpoint."""
+        index = (self.record or {"index": 0})["index"] + 1
+        name, filesystem = f"checkpoint_{index:06d}", self.storage.filesystem
+        target = self.storage.path("train", self.run, name)
+        filesystem.create_dir(target, recursive=True)
+        pafs.copy_files(str(directory), target, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=filesystem)
+        previous, self.record = self.record, {"index": index, "checkpoint": name}
+        self.storage.write_json(self.record, "train", self.run, LATEST_FILE)
+        if previous:
+            filesystem.delete_dir(self.storage.path("train", self.run, previous["checkpoint"]))
+        return ray.train.Checkpoint(target, filesystem=filesystem)
+
+    def latest_checkpoint(self) -> Path | None:
+        if not self.record:
+            return None
+        path = self.storage.path("train", self.run, self.record["checkpoint"])
+        if self.storage.local:
+            return Path(path)
+        return Path(ray.train.Checkpoint(path, filesystem=self.storage.filesystem).to_directory())
+
+
+def _worker_setup(config: dict, session: Session | None) -> tuple[Experiment, int, Session]:
     # Ray sets OMP threads from the CPU share (fractions become 1): size torch's pool ourselves.
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    return Experiment.model_validate(config["experiment"]), config["seed"], RayTrainSession()
+    return Experiment.model_validate(config["experiment"]), config["seed"], session or RayTrainSession()
 
 
-# The loops import the model (timm, about 3 s) inside the Train workers only: the Train
-# controller, which also imports this module, never needs it.
-def pretrain_worker(config: dict) -> None:
+# The loops import the model (timm, about 3 s) where a stage runs only: the Train controller,
+# which also imports this module, never needs it.
+# Ray Train calls them with the config alone; a trial running a stage itself passes its session.
+def pretrain_worker(config: dict, session: Session | None = None) -> None:
     from .pretrain import pretrain
-    pretrain(*_worker_setup(config))
+    pretrain(*_worker_setup(config, session))
 
 
-def evaluate_worker(config: dict) -> None:
+def evaluate_worker(config: dict, session: Session | None = None) -> None:
     from .evaluate import evaluate
-    experiment, seed, session = _worker_setup(config)
+    experiment, seed, session = _worker_setup(config, session)
     checkpoint = config.get("checkpoint")  # a ray.train.Checkpoint, on whatever storage it is
     directory = checkpoint.to_directory() if checkpoint else None
     evaluate(experiment, seed, session, directory)

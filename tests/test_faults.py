@@ -103,9 +103,11 @@ def kill_driver(driver):
 
 
 def unfinished_with_checkpoint(run_dir, stage):
-    """Trials with a checkpoint of `stage` (pretrain or eval) registered that have not finished."""
+    """Trials with a checkpoint of `stage` (pretrain or eval) registered that have not finished:
+    by a Ray Train worker group, or by a trial running its stages itself (latest.json)."""
     found = set()
-    for snapshot in (run_dir / "train").glob(f"*-{stage}/checkpoint_manager_snapshot.json"):
+    for snapshot in (*(run_dir / "train").glob(f"*-{stage}/checkpoint_manager_snapshot.json"),
+                     *(run_dir / "train").glob(f"*-{stage}/latest.json")):
         trial = snapshot.parent.name.removesuffix(f"-{stage}")
         if not (run_dir / "train" / f"{trial}.summary.json").exists():
             found.add(trial)
@@ -185,13 +187,14 @@ def parent(pid):
         return 0
 
 
-def cluster_workers(cluster):
-    """(pid, node) of each Ray Train worker process of this cluster, by the raylet it descends from."""
+def cluster_workers(cluster, title=b"RayTrainWorker"):
+    """(pid, node) of each Ray Train worker process of this cluster (or each process whose title
+    has `title`), by the raylet it descends from."""
     raylets = {node.all_processes["raylet"][0].process.pid: node for node in cluster.list_all_nodes()}
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if b"RayTrainWorker" not in (entry / "cmdline").read_bytes():
+            if title not in (entry / "cmdline").read_bytes():
                 continue
         except OSError:
             continue
@@ -203,12 +206,17 @@ def cluster_workers(cluster):
     return found
 
 
-def test_train_worker_killed_mid_epoch_restarts_from_its_checkpoint(tmp_path, cluster):
-    study = write_study(tmp_path, "worker", pretrain={"epochs": 16, "batch_size": 16})
+@pytest.mark.parametrize("local_mode", [False, True])
+def test_training_process_killed_mid_epoch_restarts_from_its_checkpoint(local_mode, tmp_path, cluster):
+    """The Ray Train worker (restarted by Train), or the trial that runs its stages itself
+    (restarted by Tune), is killed; either way pre-training goes on from its last checkpoint."""
+    study = write_study(tmp_path, "worker", pretrain={"epochs": 16, "batch_size": 16},
+                        resources={**MICRO["resources"], "local_mode": local_mode})
     run_dir = tmp_path / "runs" / "worker"
+    title = b"ImplicitFunc" if local_mode else b"RayTrainWorker"  # a Tune function trial's actor
     driver = start(study, cluster, tmp_path)
-    wait_for(lambda: unfinished_with_checkpoint(run_dir, "pretrain") and cluster_workers(cluster), driver)
-    for pid, _ in cluster_workers(cluster):
+    wait_for(lambda: unfinished_with_checkpoint(run_dir, "pretrain") and cluster_workers(cluster, title), driver)
+    for pid, _ in cluster_workers(cluster, title):
         os.kill(pid, signal.SIGKILL)
     code, output = finish(driver)
     assert code == 0, output[-5000:]

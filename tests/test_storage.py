@@ -1,6 +1,7 @@
 """`--storage s3://...`: Ray's checkpoints and trial state in a bucket (a local moto S3 server),
 the rows in the local run folder; trials share a pre-training run through the bucket, the report's
-gallery reads its checkpoint from there, and a rerun resumes from it."""
+gallery reads its checkpoint from there, and a rerun resumes from it; a stage run in the trial's
+own process keeps its checkpoints there too."""
 import logging
 import subprocess
 import sys
@@ -75,3 +76,32 @@ def test_storage_that_cannot_be_written_is_refused_before_any_trial(tmp_path, s3
     assert done.returncode == 2 and not (tmp_path / "runs").exists(), done.stdout + done.stderr
     message = done.stderr.strip().splitlines()
     assert len(message) == 1 and "--storage s3://no-such-bucket/ray/refused: cannot write there" in message[0]
+
+
+@pytest.mark.filterwarnings("ignore:`report` is meant to only be called")  # Tune's, outside a trial here
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_a_stage_run_in_the_trial_keeps_its_newest_checkpoint_and_resumes_from_it(where, tmp_path, request):
+    """With one worker per trial the stages run in the trial's process: each epoch's checkpoint
+    goes to the study's storage, one kept (named by latest.json), and a new run resumes from it."""
+    from harness.pretrain import pretrain
+    from harness.storage import Storage
+    from harness.study import Experiment
+    from harness.worker import LATEST_FILE, LocalRunSession
+
+    location = (str(tmp_path / "store") if where == "folder" else
+                f"s3://harness/stage?endpoint_override={request.getfixturevalue('s3_endpoint')}&{OPTIONS}")
+    storage = Storage.at(location, "study")
+    spec = {"synth": {"train_clips": 32, "val_clips": 16}, "model": {"preset": "tiny", "overrides": {"depth": 2}}}
+    first = LocalRunSession(storage, "t1-pretrain")
+    pretrain(Experiment.model_validate({**spec, "pretrain": {"epochs": 2, "batch_size": 16}}), 0, first)
+    assert storage.read_json("train", "t1-pretrain", LATEST_FILE) == {"index": 2, "checkpoint": "checkpoint_000002"}
+    kept = storage.filesystem.get_file_info(pafs.FileSelector(storage.path("train", "t1-pretrain")))
+    assert sorted(info.base_name for info in kept) == ["checkpoint_000002", LATEST_FILE]
+    assert first.checkpoint.path == storage.path("train", "t1-pretrain", "checkpoint_000002")
+    assert first.metrics["epoch"] == 2 and first.metrics["resumed_from_epoch"] == 0
+
+    resumed = LocalRunSession(storage, "t1-pretrain")  # as a restarted trial makes it
+    pretrain(Experiment.model_validate({**spec, "pretrain": {"epochs": 3, "batch_size": 16}}), 0, resumed)
+    assert resumed.metrics["resumed_from_epoch"] == 2 and resumed.metrics["epoch"] == 3
+    assert resumed.metrics["loss_curve"][:2] == first.metrics["loss_curve"]
+    assert storage.read_json("train", "t1-pretrain", LATEST_FILE)["checkpoint"] == "checkpoint_000003"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
+import ray
 import ray.train
 import ray.train.torch
 import ray.tune
@@ -56,6 +57,11 @@ class LocalRunSession(Session):
         self.record = storage.read_json("train", run, LATEST_FILE)
         self.metrics: dict[str, Any] = {}
         self.checkpoint: ray.train.Checkpoint | None = None
+
+    @property
+    def device(self) -> torch.device:
+        # Only the GPUs the trial reserved (Ray points CUDA_VISIBLE_DEVICES at them), none otherwise.
+        return torch.device("cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu")
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
         self.metrics = metrics

@@ -7,6 +7,7 @@ and peak memory (max RSS of a separate process per model).
 
     python benchmarks/model_step.py                      # tiny b2, tiny b32, base b2; fp32 and bf16
     python benchmarks/model_step.py --cases tiny:2 --steps 10
+    python benchmarks/model_step.py --malloc default         # glibc's default: freed pages go back each step
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.session import keep_freed_memory  # noqa: E402
 from models import PRESETS, VideoMAE, config_to_transformers, from_transformers, make_mask  # noqa: E402
 
 
@@ -105,11 +107,12 @@ def time_case(preset: str, batch: int, precision: str, steps: int, compiled: boo
             "flops_per_clip": flops / batch, "flops_per_step": flops}
 
 
-def peak_rss_mb(preset: str, batch: int, precision: str, which: str) -> float:
+def peak_rss_mb(preset: str, batch: int, precision: str, which: str, keep: bool) -> float:
     """Peak RSS (VmHWM) of a fresh process that builds one model and runs 3 steps. Not
     ru_maxrss: Linux carries that over exec, so a child would report this process's peak."""
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r});"
             "import model_step as m, torch; torch.set_num_threads(2);"
+            f"{keep} and m.keep_freed_memory();"
             f"v, k = m.inputs({preset!r}, {batch});"
             f"model = m.hf_model({preset!r}) if {which == 'theirs'} else m.VideoMAE(m.PRESETS[{preset!r}]);"
             f"s = m.stepper(model, {which == 'theirs'}, v, k, {precision!r}); [s() for _ in range(3)];"
@@ -125,18 +128,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile'd blocks")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep (default): glibc keeps freed memory, as the harness's training processes "
+                             "do (harness.session.keep_freed_memory); both models run under the same setting")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    keep = args.malloc == "keep" and keep_freed_memory()
     torch.set_num_threads(args.threads)
     peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in args.precisions}
-    print(f"torch {torch.__version__}, {args.threads} threads; matmul peak: "
+    print(f"torch {torch.__version__}, {args.threads} threads, malloc {'keeps freed memory' if keep else 'default'}; "
+          "matmul peak: "
           + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     results = []
     for case in args.cases:
         preset, batch = case.split(":")
         for precision in args.precisions:
             result = time_case(preset, int(batch), precision, args.steps, args.compile)
-            result["peak_rss_mb"] = {w: peak_rss_mb(preset, int(batch), precision, w) for w in ("ours", "theirs")}
+            result["peak_rss_mb"] = {w: peak_rss_mb(preset, int(batch), precision, w, keep) for w in ("ours", "theirs")}
             rates = result["steps_per_s"]
             line = (f"{preset:5s} b{batch:<3s} {precision}: " + "  ".join(f"{n} {r:.2f}/s" for n, r in rates.items())
                     + f"  ratio {rates['ours'] / rates['theirs']:.2f}x")

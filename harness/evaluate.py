@@ -15,7 +15,7 @@ from models import VideoEncoder, temporal_features
 
 from .data import ClipDataset, decode_cache_mb
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, resolved_precision, skipped_files
-from .session import Session, all_gather, machine
+from .session import Session, all_gather, keep_freed_memory, machine
 from .sources import DataError, check_files, resolve_source, split, stratified_subset
 from .study import Experiment
 
@@ -134,6 +134,7 @@ def report_final(session: Session, metrics: dict, state: dict | None = None) -> 
 
 def evaluate(experiment: Experiment, seed: int, session: Session, checkpoint: str | Path | None) -> dict:
     """Top-1/top-5 on the evaluation source's val split by the study's protocol; reported once."""
+    keep_freed_memory()
     spec = experiment.evaluate
     if spec.protocol == "finetune":
         from .finetune import finetune

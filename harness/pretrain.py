@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models import VideoMAE, decoder_mask, make_mask
 
 from .data import ClipDataset, collate_views, decode_cache_mb
-from .session import Session, all_gather, all_reduce_mean
+from .session import Session, all_gather, all_reduce_mean, keep_freed_memory
 from .sources import check_files, resolve_source, split, stratified_subset
 from .study import Experiment
 
@@ -87,6 +87,7 @@ def peak_rss_mb() -> float:
 
 def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     """Pre-train and `session.report` once per epoch with a checkpoint; resumes from the latest."""
+    keep_freed_memory()
     spec, device = experiment.pretrain, session.device
     model = build_pretrain_model(experiment, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),

@@ -1,4 +1,7 @@
 """The training loops in-process, without Ray: the same code a Ray Train worker runs."""
+import subprocess
+import sys
+
 from harness.evaluate import evaluate
 from harness.pretrain import pretrain
 from harness.session import Session
@@ -91,3 +94,29 @@ def test_a_diverging_run_stops_and_says_so(tmp_path):
     again = Session(tmp_path)  # a rerun hands back the diverged result instead of training on
     pretrain(experiment, seed=0, session=again)
     assert [r["diverged"] for r in again.reports] == [True]
+
+
+def test_freed_tensor_memory_is_reused_without_faulting_its_pages_in_again():
+    """keep_freed_memory (which the loops call): a large tensor freed and allocated again reuses
+    the same pages, where glibc's default returns them to the system and faults them back in."""
+    code = """
+import resource, torch
+from harness.session import keep_freed_memory
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        torch.ones(4 << 20)  # 16 MiB, written whole, freed at once
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()
+default = faults()
+assert keep_freed_memory()
+faults()
+print(default, faults())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    default, kept = map(int, done.stdout.split())
+    assert default > 3 * 4096 * 0.9  # every page of every allocation, faulted in again
+    assert kept < default / 20

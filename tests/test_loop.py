@@ -96,27 +96,28 @@ def test_a_diverging_run_stops_and_says_so(tmp_path):
     assert [r["diverged"] for r in again.reports] == [True]
 
 
-def test_freed_tensor_memory_is_reused_without_faulting_its_pages_in_again():
-    """keep_freed_memory (which the loops call): a large tensor freed and allocated again reuses
-    the same pages, where glibc's default returns them to the system and faults them back in."""
+def test_freed_tensor_memory_is_kept_and_reused_without_faulting_its_pages_in_again():
+    """keep_freed_memory (which the loops call): a step's large tensors, freed at its end, stay in
+    the heap and the next step reuses their pages. (glibc's default returns them to the system
+    whenever its dynamic thresholds say so, which depends on the process's history: in a loop like
+    this one, every page faulted in again in 4 of 6 fresh processes, none in 2.)"""
     code = """
 import resource, torch
 from harness.session import keep_freed_memory
 
-def faults():
+def step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        torch.ones(4 << 20)  # 16 MiB, written whole, freed at once
+    held = [torch.ones(2 << 20) for _ in range(16)]  # 8 MiB each, written whole: 32,768 pages
+    del held
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-faults()
-default = faults()
 assert keep_freed_memory()
-faults()
-print(default, faults())
+first = step()
+settled = [step() for _ in range(3)]  # the heap's free chunks settle into reusable runs
+print(first, max(step() for _ in range(5)))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    default, kept = map(int, done.stdout.split())
-    assert default > 3 * 4096 * 0.9  # every page of every allocation, faulted in again
-    assert kept < default / 20
+    first, after = map(int, done.stdout.split())
+    assert first > 32768 * 0.9  # the first step's pages are new
+    assert after < 32768 / 100  # later steps reuse them

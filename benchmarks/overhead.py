@@ -9,6 +9,7 @@ user runs it. The synthetic data is made before either is timed.
     python benchmarks/overhead.py                                   # mask_ratio, cpu scale, 2 points, 1 seed
     python benchmarks/overhead.py --epochs 3 --points 2             # a quick look
     python benchmarks/overhead.py --startup 3                       # only the time to the first trial, 3 times
+    python benchmarks/overhead.py --epochs 10 --rounds 3            # alternating, 3 times: the median overhead
 """
 from __future__ import annotations
 
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override pretrain.epochs")
     parser.add_argument("--startup", type=int, default=0, metavar="N",
                         help="only measure the time from the command to the first trial, N times")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate in-process and `harness run` this many times; prints the median overhead")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,23 +166,36 @@ def main() -> None:
         print(f"{len(points)} trials of {study.name} ({args.scale} scale, {study.pretrain.epochs} epochs), "
               f"{workers} at a time", flush=True)
 
-        started = time.perf_counter()
-        in_process_times = []
-        with ProcessPoolExecutor(workers) as pool:
-            for point, times in zip(points, pool.map(in_process_trial, [(study_path, args.scale, p) for p in points])):
-                in_process_times.append(times)
-                print(f"  in-process trial {len(in_process_times)}/{len(points)} {point}: {times['trial']:.1f} s; "
-                      f"pre-training clips/s per epoch {', '.join(f'{s:.1f}' for s in times['speeds'])}", flush=True)
-        in_process = time.perf_counter() - started
-        trial_list = ", ".join(f"{t['trial']:.1f}" for t in in_process_times)
-        print(f"in-process: {in_process:.1f} s (trials {trial_list} s)", flush=True)
+        overheads = []
+        for round_index in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {round_index + 1} of {args.rounds}", flush=True)
+            overheads.append(measure_round(study_path, args.scale, points, workers, Path(tmp) / f"runs{round_index}",
+                                           study.name))
+        if args.rounds > 1:
+            print(f"overhead per round: {', '.join(f'{o:+.1f}%' for o in overheads)}; "
+                  f"median {statistics.median(overheads):+.1f}%")
 
-        runs = Path(tmp) / "runs"
-        ray_wall, first = through_ray(study_path, args.scale, runs)
-        print(f"harness run: {ray_wall:.1f} s; first trial started {first:.1f} s after the command", flush=True)
-        print(f"overhead: {100 * (ray_wall / in_process - 1):+.1f}% ({ray_wall - in_process:+.1f} s over "
-              f"{len(points)} trials)")
-        print_stages(points, in_process_times, ray_stage_times(runs, study.name, points))
+
+def measure_round(study_path: str, scale: str, points: list[dict], workers: int, runs: Path, name: str) -> float:
+    """The trials in-process, then through `harness run`; prints both and returns the overhead in %."""
+    started = time.perf_counter()
+    in_process_times = []
+    with ProcessPoolExecutor(workers) as pool:
+        for point, times in zip(points, pool.map(in_process_trial, [(study_path, scale, p) for p in points])):
+            in_process_times.append(times)
+            print(f"  in-process trial {len(in_process_times)}/{len(points)} {point}: {times['trial']:.1f} s; "
+                  f"pre-training clips/s per epoch {', '.join(f'{s:.1f}' for s in times['speeds'])}", flush=True)
+    in_process = time.perf_counter() - started
+    trial_list = ", ".join(f"{t['trial']:.1f}" for t in in_process_times)
+    print(f"in-process: {in_process:.1f} s (trials {trial_list} s)", flush=True)
+
+    ray_wall, first = through_ray(study_path, scale, runs)
+    print(f"harness run: {ray_wall:.1f} s; first trial started {first:.1f} s after the command", flush=True)
+    overhead = 100 * (ray_wall / in_process - 1)
+    print(f"overhead: {overhead:+.1f}% ({ray_wall - in_process:+.1f} s over {len(points)} trials)")
+    print_stages(points, in_process_times, ray_stage_times(runs, name, points))
+    return overhead
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pandas as pd
 import ray
 import ray.tune
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -335,6 +336,9 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     # Tune would insist that every report carry the scheduler's metric (the pre-training loss for
     # ASHA); evaluation reports have none by design.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's JSON and CSV logs of each trial, not its TensorBoard one: that warned about the
+    # per-epoch list in every report and printed a TensorBoard command; our results are the Parquet.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # Kept referenced until the study ends: a named actor without a handle is collected.
     leases = PretrainLeases.options(name=leases_name(study.name), get_if_exists=True).remote()
     trainable = ray.tune.with_resources(
@@ -353,7 +357,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
             run_config=ray.tune.RunConfig(
                 name="tune", storage_path=ray_storage.root, storage_filesystem=filesystem, verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=1),
-                callbacks=[TrialRecorder(study, run_dir, plan["trials"])]),
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialRecorder(study, run_dir, plan["trials"])]),
         )
     grid = tuner.fit()
     ray.kill(leases)

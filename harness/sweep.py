@@ -23,7 +23,8 @@ from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check
 from .sources import check_files, resolve_source
 from .storage import Storage, remember_storage
 from .study import Study, StudyError, data_sources, get_path
-from .trial import POINT, PretrainLeases, leases_name, run_trial, sweep_point, trial_resources
+from .trial import (POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, sweep_point,
+                    trial_resources)
 
 ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
                "eval_top1", "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s", "wall_time_s", "skipped_videos",
@@ -339,10 +340,13 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     # Tune's JSON and CSV logs of each trial, not its TensorBoard one: that warned about the
     # per-epoch list in every report and printed a TensorBoard command; our results are the Parquet.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # Only when trials share a pre-training run (an idle actor costs half a percent of a core).
     # Kept referenced until the study ends: a named actor without a handle is collected.
-    leases = PretrainLeases.options(name=leases_name(study.name), get_if_exists=True).remote()
+    shared = shares_pretraining(study, trial_points(study))
+    leases = PretrainLeases.options(name=leases_name(study.name), get_if_exists=True).remote() if shared else None
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, study=study.model_dump(), storage=ray_storage), trial_resources(study))
+        ray.tune.with_parameters(run_trial, study=study.model_dump(), storage=ray_storage, shared=shared),
+        trial_resources(study))
     tune_dir, filesystem = ray_storage.path("tune"), ray_storage.filesystem
     if not restart and ray.tune.Tuner.can_restore(tune_dir, storage_filesystem=filesystem):
         print(f"resuming {ray_storage.describe()}/tune (finished trials are kept; --restart starts over)", flush=True)
@@ -360,7 +364,8 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialRecorder(study, run_dir, plan["trials"])]),
         )
     grid = tuner.fit()
-    ray.kill(leases)
+    if leases:
+        ray.kill(leases)
     for result in grid:  # a row lost to an interruption between a trial's end and its write lands now
         reconcile(run_dir, study, result)
     done = sum(1 for r in grid if r.error is None and r.metrics.get("stage") == "done")

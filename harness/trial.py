@@ -91,6 +91,16 @@ def pretrain_key(experiment: Experiment, seed: int) -> str:
     return hashlib.sha1(json.dumps({**settings, "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def shares_pretraining(study: Study, points: list[dict[str, Any]]) -> bool:
+    """Whether two of the trials (`points`: grid point + seed each; none for an Optuna sweep,
+    which may draw any point) would pre-train the same encoder."""
+    if study.sweep.method == "optuna":
+        return True
+    experiments = [(study.experiment(sweep_point(point)), point["seed"]) for point in points]
+    keys = [pretrain_key(e, seed) for e, seed in experiments if e.pretrain.method == "videomae"]
+    return len(keys) != len(set(keys))
+
+
 def leases_name(study: str) -> str:
     return f"videomae-harness-pretrain-leases:{study}"
 
@@ -122,18 +132,20 @@ def _renew(leases: Any, key: str, trial_id: str, stop: threading.Event) -> None:
 
 
 def pretrained(experiment: Experiment, seed: int, trial_id: str, study: Study, storage: Storage,
-               loop_config: dict) -> tuple[ray.train.Checkpoint, dict, str | None]:
+               loop_config: dict, shared: bool) -> tuple[ray.train.Checkpoint, dict, str | None]:
     """Pre-train (a Ray Train run named after the trial), or reuse the finished run of another
     trial of the study with the same pre-training settings and seed (e.g. the same encoder
     evaluated on two targets); a trial that needs one being made waits for it.
+    `shared`: whether other trials may pre-train the same (then the study's PretrainLeases runs).
     Returns the checkpoint, the run's last metrics and the run reused (None if our own)."""
     key = pretrain_key(experiment, seed)
     record = ("train", "pretrained", f"{key}.json")
-    leases = ray.get_actor(leases_name(study.name))
-    while not ray.get(leases.acquire.remote(key, trial_id)):
+    leases = ray.get_actor(leases_name(study.name)) if shared else None
+    while leases and not ray.get(leases.acquire.remote(key, trial_id)):
         time.sleep(2)
     stop = threading.Event()
-    threading.Thread(target=_renew, args=(leases, key, trial_id, stop), daemon=True).start()
+    if leases:
+        threading.Thread(target=_renew, args=(leases, key, trial_id, stop), daemon=True).start()
     try:
         found = storage.read_json(*record)
         if found and found["trial_id"] != trial_id:
@@ -147,11 +159,13 @@ def pretrained(experiment: Experiment, seed: int, trial_id: str, study: Study, s
         return checkpoint, metrics, None
     finally:
         stop.set()
-        leases.release.remote(key, trial_id)
+        if leases:
+            leases.release.remote(key, trial_id)
 
 
-def run_trial(params: dict[str, Any], study: dict, storage: Storage) -> None:
-    """Tune trainable: `params` is one sweep point (dotted paths) plus `seed`."""
+def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: bool = True) -> None:
+    """Tune trainable: `params` is one sweep point (dotted paths) plus `seed`. `shared`: whether
+    trials may share a pre-training run (`shares_pretraining`)."""
     study_obj = Study.model_validate(study)
     seed = int(params["seed"])
     experiment = study_obj.experiment(sweep_point(params))
@@ -168,7 +182,8 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage) -> None:
                                "resumed_from_epoch": None}
     checkpoint, skipped = None, set()
     if experiment.pretrain.method == "videomae":
-        checkpoint, metrics, shared_from = pretrained(experiment, seed, trial_id, study_obj, storage, loop_config)
+        checkpoint, metrics, shared_from = pretrained(experiment, seed, trial_id, study_obj, storage, loop_config,
+                                                      shared)
         skipped.update(metrics.get("skipped_files", []))
         summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
                        pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started,

@@ -3,7 +3,7 @@ import pytest
 from harness.cli import main
 from harness.study import StudyError, load_study
 from harness.sweep import resource_plan, trial_points
-from harness.trial import pretrain_key
+from harness.trial import pretrain_key, shares_pretraining
 
 from conftest import REPO
 
@@ -99,3 +99,13 @@ def test_grid_neighbours_do_not_share_a_pre_training():
     keys = [pretrain_key(study.experiment(point), 0) for point in study.sweep.grid_points()]
     assert len(set(keys)) < len(keys)  # some points do share one
     assert all(first != second for first, second in zip(keys, keys[1:]))
+
+
+def test_the_lease_actor_runs_only_for_studies_whose_trials_can_share_a_pre_training():
+    """Seeds and mask ratios make distinct encoders; domain_shift evaluates each on two targets;
+    an Optuna sweep may draw any point twice."""
+    def shared(name: str, scale: str = "cpu") -> bool:
+        study = load_study(REPO / "studies" / f"{name}.yaml", scale)
+        return shares_pretraining(study, trial_points(study))
+    assert not shared("mask_ratio") and not shared("masking")
+    assert shared("domain_shift") and shared("joint_optuna")

@@ -111,6 +111,7 @@ def prepare_data(study: Study) -> None:
 
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+AUTH_MODE_ENV, TOKEN_COMMAND = "RAY_AUTH_MODE", "`ray get-auth-token`"  # Ray's token authentication
 
 
 def start_ray(address: str | None, verbose: bool = False) -> bool:
@@ -132,6 +133,9 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     url = context.dashboard_url
     print(f"Ray {'cluster ' + address if address else 'started locally'}; dashboard: "
           f"{'http://' + url if url else 'not running'}", flush=True)
+    if url and not address and os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
+        # Ray turned on token authentication for the new cluster: the dashboard asks for it.
+        print(f"  the dashboard asks for Ray's token: {TOKEN_COMMAND} prints it", flush=True)
     return bool(address)
 
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -92,6 +93,29 @@ def test_train_poll_interval_reaches_the_trial_processes(cluster, user_value):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"VALUE {user_value or '0.5'}" in done.stdout
+
+
+def test_a_local_ray_prints_how_to_get_the_token_its_dashboard_asks_for():
+    """Ray turns token authentication on for a new local cluster: the dashboard's API refuses a
+    browser without the token, and the command `harness run` names prints the one it accepts."""
+    script = ("import contextlib, io, re, subprocess, urllib.request\nfrom harness.sweep import start_ray\n"
+              "with contextlib.redirect_stdout(io.StringIO()) as said:\n"
+              "    start_ray(None)\n"
+              "print(said.getvalue())\n"
+              "url = re.search(r'dashboard: (http://\\S+)', said.getvalue()).group(1)\n"
+              "token = subprocess.run(['ray', 'get-auth-token'], capture_output=True, text=True).stdout.strip()\n"
+              "for headers in ({}, {'Authorization': 'Bearer ' + token}):\n"
+              "    request = urllib.request.Request(url + '/api/jobs/', headers=headers)\n"
+              "    try:\n"
+              "        print('STATUS', urllib.request.urlopen(request, timeout=30).status)\n"
+              "    except urllib.error.HTTPError as error:\n"
+              "        print('STATUS', error.code)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's `ray`
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the dashboard asks for Ray's token: `ray get-auth-token` prints it" in done.stdout
+    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("STATUS")] == ["401", "200"]
 
 
 def test_leak_cleanup_keeps_the_placement_groups_of_live_jobs_and_detached_ones(cluster):

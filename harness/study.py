@@ -133,8 +133,9 @@ class ResourcesSpec(Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster fits
-    # One worker per trial: the trial runs its stages in its own process, with no Ray Train worker
-    # group to start for each (most of Ray's cost on short trials). False: always a worker group.
+    # One worker per trial: each stage runs in Ray Train's local mode, in the trial's own process,
+    # with no Train worker group to start for each (most of Ray's cost on short trials).
+    # False: always a worker group.
     local_mode: bool = True
 
 

@@ -1,14 +1,17 @@
 """One trial: a pre-training Ray Train run, then an evaluation Ray Train run from its encoder.
-With one worker per trial (and `resources.local_mode`, the default) the trial runs both stages
-in its own process instead, with no Train worker group to start for each.
+With one worker per trial (and `resources.local_mode`, the default) each is a run in Ray Train's
+local mode (`num_workers=0`): the training function runs in the trial's own process, with no
+Train worker group to start for each stage.
 
 This is the only layer (with harness/sweep.py, harness/worker.py and harness/stage_report.py) that
 imports Ray; the loops it runs are plain functions of (experiment, seed, session). It imports
 neither torch nor the models at the top: the driver imports it, and never needs them."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -32,7 +35,8 @@ def sweep_point(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def in_trial_process(study: Study) -> bool:
-    """Whether a trial runs its stages itself, in its own process (one worker, `local_mode`)."""
+    """Whether a trial's stages run in its own process (one worker, `local_mode`: Ray Train's
+    local mode) rather than in a Train worker group."""
     return study.resources.local_mode and study.resources.workers_per_trial == 1
 
 
@@ -47,13 +51,16 @@ def trial_resources(study: Study) -> dict[str, float]:
 
 def run_stage(worker: Callable[..., None], name: str, study: Study, storage: Storage,
               loop_config: dict) -> tuple[dict, ray.train.Checkpoint | None]:
-    """Run one stage named `name` (relaunching it resumes it); its last metrics and checkpoint."""
+    """Run one stage named `name` as a Ray Train run (relaunching it resumes it); its last
+    metrics and checkpoint."""
     loop_config = {**loop_config, "cpus_per_worker": study.resources.cpus_per_worker}
     if in_trial_process(study):
         from .worker import LocalRunSession
 
+        # Inside a Tune trial Ray Train's report and checkpoint API refuse to run (Ray 2.60), so
+        # the loop reports through this session: it keeps the checkpoints and reports to Tune.
         session = LocalRunSession(storage, name)
-        worker(loop_config, session)
+        _fit(functools.partial(worker, session=session), name, study, storage, loop_config)
         return session.metrics, session.checkpoint
     result = _fit(worker, name, study, storage, loop_config)
     return result.metrics, result.checkpoint
@@ -63,6 +70,11 @@ def _fit(worker: Callable[[dict], None], name: str, study: Study, storage: Stora
          loop_config: dict) -> ray.train.Result:
     from ray.train.torch import TorchTrainer  # imports torch: only once a stage is about to run
 
+    if in_trial_process(study):  # Ray Train's local mode: the function runs here, in this process
+        logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)  # its notice, per stage
+        scaling = ray.train.ScalingConfig(num_workers=0)
+        return TorchTrainer(worker, train_loop_config=loop_config, scaling_config=scaling,
+                            run_config=ray.train.RunConfig(name=name)).fit()
     resources = study.resources
     # The trainable holds TRIAL_CPU on one node; each worker leaves that much room on its own
     # node, so trials pack exactly (two 1-CPU trials on 2 cores; 2 workers over two 1-CPU nodes).

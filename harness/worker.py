@@ -1,7 +1,7 @@
 """What runs a stage: the sessions the training loops report through (in a Ray Train worker, or
-in the trial's own process) and the entry points of the two stages. The Train workers, the
-controller (which unpickles the entry points) and a trial running a stage itself import this
-module; the driver does not need torch."""
+in Ray Train's local mode, in the trial's own process) and the entry points of the two stages.
+The Train workers, the controller (which unpickles the entry points) and a trial running a stage
+itself import this module; the driver does not need torch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,9 +47,10 @@ class RayTrainSession(Session):
 
 
 class LocalRunSession(Session):
-    """A one-worker stage run in the trial's own process (no Ray Train worker group: Ray Train's
-    API refuses to run inside a Tune trial). It keeps each checkpoint where a Train run would (the
-    run's folder in the study's storage, which a rerun resumes from) and reports each epoch to Tune."""
+    """The loops' session in a one-worker stage: a run in Ray Train's local mode, in the trial's
+    own process, where Ray Train's report and checkpoint API refuse to run (inside a Tune trial).
+    It keeps each checkpoint where a Train run would (the run's folder in the study's storage,
+    which a rerun resumes from) and reports each epoch to Tune."""
 
     def __init__(self, storage: Storage, run: str) -> None:
         super().__init__()

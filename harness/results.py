@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -76,3 +77,20 @@ def remove_partial_writes(run_dir: str | Path) -> None:
     """Drop temp files left by a process killed mid-write (the files they were for are intact)."""
     for partial in Path(run_dir).glob(".*.partial"):
         partial.unlink(missing_ok=True)
+
+
+CODE_PATHS = (":/harness", ":/models", ":/pyproject.toml")  # what a trial ran, in the repository
+
+
+def code_commit(directory: str | Path = Path(__file__).parent) -> str | None:
+    """The short commit of the checkout `directory` is in, with "-dirty" when the harness's code
+    differs from it (uncommitted changes to tracked files); None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=directory,
+                              timeout=5, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if changed else commit

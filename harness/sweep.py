@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,8 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .results import EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, remove_partial_writes, upsert_rows
+from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
+                      remove_partial_writes, upsert_rows)
 from .sources import check_files, resolve_source
 from .storage import Storage, remember_storage
 from .study import Study, StudyError, data_sources, get_path
@@ -302,13 +302,7 @@ def swept_columns(study: Study, config: dict) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent,
-                                timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"git_commit": commit, "torch_version": importlib.metadata.version("torch"),
+    return {"git_commit": code_commit(), "torch_version": importlib.metadata.version("torch"),
             "ray_version": ray.__version__, "python_version": sys.version.split()[0],
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "schema_version": SCHEMA_VERSION}
 

@@ -1,9 +1,11 @@
+import subprocess
+
 import pandas as pd
 import pyarrow.dataset as ds
 
 from harness.figures import parameter_figure, summarize
 from harness.gallery import declared_point
-from harness.results import upsert_rows
+from harness.results import code_commit, upsert_rows
 from harness.study import load_study
 from models import VideoMAE
 from conftest import REPO
@@ -64,3 +66,23 @@ def test_an_integer_sweep_value_read_back_from_parquet_builds_the_model_it_named
     assert type(point["model.overrides.decoder_depth"]) is int
     assert len(VideoMAE(study.experiment(point).model.build()).decoder.blocks) == 8
     assert declared_point(study, rows.loc["scratch"]) == {"pretrain.method": "scratch"}
+
+
+def test_rows_name_the_commit_and_say_when_the_code_differed_from_it(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert code_commit(tmp_path) is None  # not a checkout
+    for name in ("harness/loop.py", "models/net.py", "reports/study.md"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    commit = git("rev-parse", "--short", "HEAD")
+    assert code_commit(tmp_path / "harness") == commit
+    (tmp_path / "reports" / "study.md").write_text("2\n")   # a regenerated report is not code
+    (tmp_path / "harness" / "scratch.py").write_text("2\n")  # nor is a file git does not track
+    assert code_commit(tmp_path / "harness") == commit
+    (tmp_path / "models" / "net.py").write_text("2\n")
+    assert code_commit(tmp_path / "harness") == f"{commit}-dirty"

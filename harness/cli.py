@@ -60,17 +60,34 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(done: int, total: int) -> None:
+    """One line redrawn on a terminal; in a log, a line at every tenth of the way."""
+    if sys.stdout.isatty():
+        print(f"\r{done}/{total} clips", end="\n" if done == total else "", flush=True)
+    elif done == total or done * 10 // total != (done - 1) * 10 // total:
+        print(f"{done}/{total} clips", flush=True)
+
+
 def _synth(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .study import SynthSpec, first_error
     from .synth import DOMAINS, SynthParams, generate
 
     if args.domain not in DOMAINS:
         raise StudyError(f"data synth: unknown domain {args.domain!r}; choose from {list(DOMAINS)}")
-    params = SynthParams(domain=args.domain, train_clips=args.clips, val_clips=args.val_clips,
-                         frames=args.frames, size=args.size, seed=args.seed, background=args.background,
-                         distractors=args.distractors, noise=args.noise, speed=tuple(args.speed),
-                         camera=args.camera)
-    manifest = generate(params, Path(args.out), progress=lambda done, total: print(
-        f"\r{done}/{total} clips", end="\n" if done == total else "", flush=True))
+    options = {"train_clips": "--clips", "val_clips": "--val-clips", "seed": "--seed", "background": "--background",
+               "distractors": "--distractors", "noise": "--noise", "speed": "--speed", "camera": "--camera"}
+    try:  # the same bounds as a study file's `synth:` settings
+        spec = SynthSpec(**{field: getattr(args, option[2:].replace("-", "_")) for field, option in options.items()})
+    except ValidationError as error:
+        field, message = first_error(error).split(": ", 1)
+        raise StudyError(f"data synth: {options[field]}: {message}") from None
+    for option, value, least in (("--frames", args.frames, 1), ("--size", args.size, 8)):
+        if value < least:
+            raise StudyError(f"data synth: {option}: must be at least {least}, not {value}")
+    params = SynthParams(domain=args.domain, frames=args.frames, size=args.size, **spec.model_dump())
+    manifest = generate(params, Path(args.out), progress=_progress)
     print(f"wrote {manifest}")
     return 0
 

@@ -50,6 +50,13 @@ class SynthSpec(Strict):
     speed: tuple[float, float] = (0.6, 1.0)  # range of the labelled motion's extent
     camera: float = Field(0.5, ge=0)        # background pan, pixels per frame
 
+    @field_validator("speed")
+    @classmethod
+    def _ordered_speed(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"must be [min, max] with 0 < min <= max, not {list(value)}")
+        return value
+
 
 class MaskSpec(Strict):
     strategy: str = "tube"
@@ -268,7 +275,7 @@ def get_path(tree: dict, path: str) -> Any:
     return tree
 
 
-def _first_error(error: ValidationError, prefix: str = "") -> str:
+def first_error(error: ValidationError, prefix: str = "") -> str:
     errors = error.errors()
     # A union (a list of values or a range) reports one error per branch: keep the branch that
     # matches the input's shape, and drop the branch tags from the location.
@@ -313,7 +320,7 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     try:
         study = Study.model_validate(raw)
     except ValidationError as error:
-        raise StudyError(_first_error(error, f"{path}: ")) from None
+        raise StudyError(first_error(error, f"{path}: ")) from None
     _check_sweep(study, path)
     if check_paths:
         for field, source, _ in data_sources(study):
@@ -339,7 +346,7 @@ def _check_point(study: Study, path: Path, field: str, point: dict[str, Any]) ->
     try:
         study.experiment(point)
     except (ValidationError, KeyError) as error:
-        detail = _first_error(error) if isinstance(error, ValidationError) else f"{error.args[0]}: not a field"
+        detail = first_error(error) if isinstance(error, ValidationError) else f"{error.args[0]}: not a field"
         value = f" value {next(iter(point.values()))!r}" if len(point) == 1 else ""
         raise StudyError(f"{path}: {field}:{value}: {detail}") from None
 

@@ -201,3 +201,17 @@ def test_harness_data_synth_writes_a_domain_with_its_manifest(tmp_path, capsys):
     assert len(decord.VideoReader(str(tmp_path / manifest["path"][0]))) == 4
     assert main(["data", "synth", "weather", "--out", str(tmp_path)]) == 2
     assert "unknown domain 'weather'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--clips", "0"], "--clips: Input should be greater than or equal to 1"),
+    (["--speed", "1", "0.5"], "--speed: must be [min, max]"),
+    (["--noise", "2"], "--noise: Input should be less than or equal to 1"),
+    (["--size", "0"], "--size: must be at least 8, not 0"),
+    (["--frames", "0"], "--frames: must be at least 1, not 0")])
+def test_harness_data_synth_refuses_bad_options_in_one_line_before_writing(tmp_path, capsys, option, message):
+    out = tmp_path / "out"
+    assert main(["data", "synth", "motion", *option, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("harness: data synth: ") and message in error and error.count("\n") == 1
+    assert not out.exists()

@@ -60,21 +60,26 @@ def run_stage(worker: Callable[..., None], name: str, study: Study, storage: Sto
         # Inside a Tune trial Ray Train's report and checkpoint API refuse to run (Ray 2.60), so
         # the loop reports through this session: it keeps the checkpoints and reports to Tune.
         session = LocalRunSession(storage, name)
-        _fit(functools.partial(worker, session=session), name, study, storage, loop_config)
+        _fit_here(functools.partial(worker, session=session), name, loop_config)
         return session.metrics, session.checkpoint
     result = _fit(worker, name, study, storage, loop_config)
     return result.metrics, result.checkpoint
 
 
-def _fit(worker: Callable[[dict], None], name: str, study: Study, storage: Storage,
-         loop_config: dict) -> ray.train.Result:
+def _fit_here(worker: Callable[[dict], None], name: str, loop_config: dict) -> None:
+    """A run in Ray Train's local mode: the training function runs here, in this process."""
     from ray.train.torch import TorchTrainer  # imports torch: only once a stage is about to run
 
-    if in_trial_process(study):  # Ray Train's local mode: the function runs here, in this process
-        logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)  # its notice, per stage
-        scaling = ray.train.ScalingConfig(num_workers=0)
-        return TorchTrainer(worker, train_loop_config=loop_config, scaling_config=scaling,
-                            run_config=ray.train.RunConfig(name=name)).fit()
+    logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)  # its notice, per stage
+    TorchTrainer(worker, train_loop_config=loop_config, scaling_config=ray.train.ScalingConfig(num_workers=0),
+                 run_config=ray.train.RunConfig(name=name)).fit()
+
+
+def _fit(worker: Callable[[dict], None], name: str, study: Study, storage: Storage,
+         loop_config: dict) -> ray.train.Result:
+    """A run on a Ray Train worker group."""
+    from ray.train.torch import TorchTrainer  # imports torch: only once a stage is about to run
+
     resources = study.resources
     # The trainable holds TRIAL_CPU on one node; each worker leaves that much room on its own
     # node, so trials pack exactly (two 1-CPU trials on 2 cores; 2 workers over two 1-CPU nodes).

@@ -128,12 +128,14 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--clips", type=int, default=512, help="train clips (default 512)")
     synth.add_argument("--val-clips", type=int, default=256, help="val clips (default 256)")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--frames", type=int, default=16)
-    synth.add_argument("--size", type=int, default=32)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--background", choices=("black", "texture", "image"), default="black")
-    synth.add_argument("--distractors", type=int, default=0)
-    synth.add_argument("--noise", type=float, default=0.0)
+    synth.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
+    synth.add_argument("--size", type=int, default=32, help="frame side in pixels (default 32)")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed and options give the same clips (default 0)")
+    synth.add_argument("--background", choices=("black", "texture", "image"), default="black",
+                       help="behind the objects: black, smooth colour noise, or a real video frame (default black)")
+    synth.add_argument("--distractors", type=int, default=0, help="unlabelled moving objects per clip (default 0)")
+    synth.add_argument("--noise", type=float, default=0.0,
+                       help="std of per-pixel Gaussian noise, in 0-1 pixel units (default 0)")
     synth.add_argument("--speed", type=float, nargs=2, default=(0.6, 1.0), metavar=("MIN", "MAX"),
                        help="range of the labelled motion's extent (default 0.6 1.0)")
     synth.add_argument("--camera", type=float, default=0.5, help="background pan, px/frame (default 0.5)")

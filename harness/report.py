@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .findings import METRIC, findings
 from .gallery import gallery_png
 from .results import EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, read_trials
 
+BLANK = "–"  # a cell with no value: a setting a trial did not have (scratch), a spread of one seed
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}table{border-collapse:collapse;"
          "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}.reproduced{color:#1a7f37}"
          ".reversed{color:#cf222e}.inconclusive{color:#9a6700}")
@@ -80,12 +82,19 @@ def _verdict_class(verdict: str) -> str:
     return "reversed" if "reversed" in verdict else verdict.split()[0]
 
 
+def difference_text(difference: float, low: float, high: float) -> str:
+    """'+0.050 [+0.012, +0.087]'; with one seed there is no interval to give."""
+    if math.isnan(low) or math.isnan(high):
+        return f"{difference:+.3f} [{BLANK}]"
+    return f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def findings_html(table: pd.DataFrame) -> str:
     if table.empty:
         return "<p>No paper finding can be judged from what this study swept.</p>"
     rows = "".join(
         f"<tr><td>{html.escape(r.finding)}</td><td>{html.escape(r.comparison)}</td><td>{html.escape(r.context)}</td>"
-        f"<td>{r.better_mean:.3f} vs {r.worse_mean:.3f}</td><td>{r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]</td>"
+        f"<td>{r.better_mean:.3f} vs {r.worse_mean:.3f}</td><td>{difference_text(r.difference, r.ci_low, r.ci_high)}</td>"
         f"<td>{r.seeds}{' paired' if r.paired else ''}</td><td class='{_verdict_class(r.verdict)}'><b>{html.escape(r.verdict)}</b></td>"
         f"<td>{html.escape(r.paper)}</td></tr>" for r in table.itertuples())
     return ("<table><tr><th>paper finding</th><th>comparison</th><th>where</th><th>ours (mean)</th>"
@@ -98,7 +107,7 @@ def findings_markdown(table: pd.DataFrame) -> str:
         return "No paper finding can be judged from what this study swept.\n"
     view = pd.DataFrame({"paper finding": table["finding"], "comparison": table["comparison"], "where": table["context"],
                          "ours": [f"{a:.3f} vs {b:.3f}" for a, b in zip(table["better_mean"], table["worse_mean"])],
-                         "difference [95% interval]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+                         "difference [95% interval]": [difference_text(d, lo, hi) for d, lo, hi in
                                                        zip(table["difference"], table["ci_low"], table["ci_high"])],
                          "seeds": table["seeds"], "verdict": [f"**{v}**" for v in table["verdict"]],
                          "paper": table["paper"]})
@@ -107,6 +116,8 @@ def findings_markdown(table: pd.DataFrame) -> str:
 
 def markdown_table(table: pd.DataFrame) -> str:
     def cell(value: object) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return BLANK
         return f"{value:.4g}" if isinstance(value, float) else str(value)
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
@@ -159,9 +170,9 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
             "numbers are ViT-B at paper scale: compare the direction, not the size.</p>"
             f"<h2>Figures</h2>{''.join(charts)}"
             f"<h2>Configurations ({METRIC}, mean over seeds, 95% interval)</h2>"
-            f"{table.to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
-            f"<h2>Cost</h2>{cost.to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
-            + (f"<h2>Trials that did not finish</h2>{unfinished.to_html(index=False)}" if len(unfinished) else "")
+            f"{table.to_html(index=False, float_format=lambda v: f'{v:.4g}', na_rep=BLANK)}"
+            f"<h2>Cost</h2>{cost.to_html(index=False, float_format=lambda v: f'{v:.4g}', na_rep=BLANK)}"
+            + (f"<h2>Trials that did not finish</h2>{unfinished.to_html(index=False, na_rep=BLANK)}" if len(unfinished) else "")
             + f"{gallery_html}"
             "</body></html>")
     html_path = out_dir / f"{name}.html"
@@ -211,7 +222,8 @@ def status_table(run_dir: Path) -> str:
     trials = read_trials(run_dir)
     facts = header(trials)
     lines = [f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}, {facts['time it took']}"]
-    return "\n".join(lines) + "\n" + summary_table(trials).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    table = summary_table(trials).to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=BLANK)
+    return "\n".join(lines) + "\n" + table
 
 
 def runs_table(runs_root: Path) -> str:

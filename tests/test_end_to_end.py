@@ -65,6 +65,9 @@ def test_report_draws_the_rows(smoke_run):
     assert table.count("\n| 0.") >= 3
     # Findings come from the rows: one seed per ratio at smoke scale can only be inconclusive.
     assert "a 90% tube ratio beats 75%" in table and "inconclusive (one seed)" in table
+    # With one seed there is no spread and no interval: shown as a dash, never as "nan"
+    tables = page.split("<h2>Configurations")[1].split("<h2>Reconstructions")[0]  # not the gallery's base64
+    assert "[–] |" in table and "nan" not in table.lower() and "nan" not in tables.lower()
     copied = pd.read_parquet(workdir / "reports" / "mask_ratio" / "trials.parquet")
     assert sorted(copied["trial_id"]) == sorted(trials["trial_id"])  # the rows travel with the report
     assert (workdir / "reports" / "mask_ratio_gallery.png").stat().st_size > 1000  # from a real checkpoint

@@ -106,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local Ray)")
     run.add_argument("--restart", action="store_true", help="start over instead of resuming")
     run.add_argument("--dry-run", action="store_true", help="print the trials and resources; run nothing")
-    run.add_argument("--verbose", action="store_true", help="show the Ray workers' own log lines")
+    run.add_argument("--verbose", action="store_true", help="show the Ray workers' own log lines and Ray's own notices")
     run.set_defaults(handler=_run)
 
     report = commands.add_parser("report", help="write reports/<study>.html and .md from a run folder")

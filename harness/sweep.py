@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import math
 import os
 import sys
@@ -114,6 +115,19 @@ TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 AUTH_MODE_ENV, TOKEN_COMMAND = "RAY_AUTH_MODE", "`ray get-auth-token`"  # Ray's token authentication
 
 
+def quiet_ray_console(verbose: bool) -> None:
+    """Without --verbose, the console shows the harness's own lines: Ray's notices that repeat
+    them (the dashboard address, the token) and Tune's experiment box are left out."""
+    if verbose:
+        return
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # Tune's newer console output prints its box and results path whatever `verbose` says;
+    # the classic reporter at verbose=0 prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # A failed trial is one line (TrialRecorder) naming the error and its error.txt, not a traceback.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+
+
 def start_ray(address: str | None, verbose: bool = False) -> bool:
     """Join `address` (or RAY_ADDRESS), else start a local Ray with the dashboard on 127.0.0.1.
     Returns whether it joined a cluster (one that outlives this driver)."""
@@ -123,13 +137,15 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     # Ray Train's controller polls its workers this often (default 2 s), and a stage's start
     # and end each wait for polls: 0.5 s saves a few seconds per trial (BENCHMARKS.md).
     env[TRAIN_POLL_ENV] = os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)
+    quiet_ray_console(verbose)
+    level = logging.INFO if verbose else logging.WARNING
     if address:
-        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
+        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose, logging_level=level)
     else:
         # The dashboard must run: without it Train-inside-Tune leaks placement groups (notes/ray.md).
         # address="local": always a new instance, never a cluster that happens to run here.
         context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                           log_to_driver=verbose, runtime_env={"env_vars": env})
+                           log_to_driver=verbose, logging_level=level, runtime_env={"env_vars": env})
     url = context.dashboard_url
     print(f"Ray {'cluster ' + address if address else 'started locally'}; dashboard: "
           f"{'http://' + url if url else 'not running'}", flush=True)
@@ -214,6 +230,11 @@ class TrialRecorder(Callback):
         result = stopped_result(last)
         record_trial(self.run_dir, self.study, trial.trial_id, trial.config, result)
         print(f"  [{_label(trial.config)}] STOPPED: {result['reason']}", flush=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """A trial failed and Tune runs it once more (FailureConfig), from its last checkpoint."""
+        where = Path(trial.error_file) if trial.error_file else None
+        print(f"  [{_label(trial.config)}] failed, running it once more: {failure_reason(where)}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         """A trial that failed after its retries: a `failed` row with the reason; the rest go on."""

@@ -24,12 +24,14 @@ def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("e2e")
     done = harness("run", str(STUDY), "--scale", "smoke", cwd=workdir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return workdir, done.stdout
+    return workdir, done.stdout + done.stderr
 
 
 def test_one_row_per_trial_with_every_swept_parameter(smoke_run):
     workdir, stdout = smoke_run
     assert "dashboard: http://127.0.0.1:" in stdout and "pretrain epoch 2/2" in stdout
+    # Ray's and Tune's own notices that repeat the harness's lines are left out (--verbose shows them)
+    assert "Configuration for experiment" not in stdout and "Started a local Ray instance" not in stdout
     trials = pd.read_parquet(workdir / "runs" / "mask_ratio" / "trials.parquet")
     assert len(trials) == 3 and trials["trial_id"].is_unique
     assert sorted(trials["pretrain.mask.ratio"]) == [0.5, 0.75, 0.9]

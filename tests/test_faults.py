@@ -246,6 +246,9 @@ def test_a_trial_that_keeps_failing_is_recorded_as_failed_and_the_others_go_on(t
     run_dir = tmp_path / "runs" / "failing"
     code, output = finish(start(study, cluster, tmp_path))
     assert code == 1 and "FAILED" in output, output[-5000:]
+    # Each failure is a line naming the file, the first with "running it once more"; no traceback
+    assert "failed, running it once more: harness.sources.DataError: bad video" in output, output[-5000:]
+    assert "empty.mp4: empty file (0 bytes)" in output and "Traceback" not in output, output[-5000:]
     trials = rows(run_dir).set_index("on_error")
     assert trials.loc["skip", "status"] == "ok" and trials.loc["skip", "skipped_videos"] == 1
     assert trials.loc["raise", "status"] == "failed" and "empty file (0 bytes)" in trials.loc["raise", "reason"]

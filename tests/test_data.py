@@ -19,6 +19,7 @@ from harness.data import (SCALES, ClipDataset, collate_views, crop_resize, eval_
 from harness.render import render_clip
 from harness.synth import MOTIONS, SynthParams, ensure_synth, generate
 from models import unnormalize
+from video_formats import FORMATS, bar_column, write_clips
 
 
 @pytest.mark.parametrize("domain,background", [("motion", "texture"), ("appearance", "image"), ("scenes", "black")])
@@ -135,6 +136,22 @@ def test_clip_dataset_reads_a_real_h264_video():
     assert torch.equal(video, again)  # deterministic within an epoch
     dataset.set_epoch(1)
     assert not torch.equal(video, dataset[0][0])  # a new window and crop each epoch
+
+
+@pytest.mark.parametrize("suffix", sorted(FORMATS))
+def test_clip_dataset_reads_the_public_datasets_containers_and_codecs(suffix, tmp_path):
+    """.avi MPEG-4 (UCF101, HMDB51), .webm VP9 (SSV2), .mp4 and .mkv H.264 (Kinetics): decoded
+    frame by frame in order, the bar where it was drawn."""
+    right, left = tmp_path / f"right.{suffix}", tmp_path / f"left.{suffix}"
+    write_clips({right: +1, left: -1})
+    assert len(decord.VideoReader(str(right))) == 24
+    # Evaluation sampling: 8 segments of 3 frames, the middle frame of each (frames 1, 4, ..., 22)
+    dataset = ClipDataset([right, left], [0, 1], num_frames=8, size=48, train=False)
+    for index, direction in ((0, +1), (1, -1)):
+        video, label = dataset[index]
+        pixels = unnormalize(video.unsqueeze(0))[0].numpy()  # 3, T, 48, 48: the centre 48 x 48 crop
+        columns = [bar_column(pixels[:, t]) for t in range(8)]
+        assert label == index and np.allclose(np.diff(columns), 3 * direction, atol=1), columns
 
 
 def test_several_views_per_decode_and_evaluation_views():

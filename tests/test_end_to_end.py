@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from browser import figure_count, needs_chromium, open_page, undrawn_figures
-from conftest import REPO
+from conftest import REPO, write_study
+from video_formats import write_clips
 
 pytestmark = pytest.mark.slow
 STUDY = REPO / "studies" / "mask_ratio.yaml"
@@ -97,3 +98,45 @@ def test_training_loop_and_models_do_not_import_ray():
         text = path.read_text()
         assert not re.search(r"^\s*(import ray|from ray)", text, re.M), path
         assert "open(" not in text and "yaml" not in text, path
+
+
+def test_a_transfer_study_over_video_folders_in_the_public_datasets_formats(tmp_path):
+    """Pre-train on a UCF101-style folder (.avi, class folders, split files) or on SSV2-style
+    official list files (.webm), evaluate each encoder on both, against scratch, through
+    `harness run` and `harness report`: a domain-shift study over the user's own videos."""
+    ucf, ssv2 = tmp_path / "ucf101", tmp_path / "ssv2"
+    clips, ucf_splits, ssv2_lists = {}, {"train": [], "test": []}, {"train": [], "val": []}
+    for label, (name, direction) in enumerate((("MoveLeft", -1), ("MoveRight", +1))):
+        for group in range(8):
+            split = "train" if group < 6 else "test"
+            relative = f"{name}/v_{name}_g{group:02d}_c01.avi"
+            clips[ucf / relative] = direction
+            ucf_splits[split].append(relative)
+            clips[ssv2 / "videos" / f"{label}{group:02d}.webm"] = direction
+            ssv2_lists["train" if split == "train" else "val"].append(f"{label}{group:02d}.webm {label}")
+    write_clips(clips)
+    for split, lines in ucf_splits.items():
+        (ucf / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    (ssv2 / "lists").mkdir()
+    for split, lines in ssv2_lists.items():
+        (ssv2 / "lists" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    on_ucf, on_ssv2 = f"folder:{ucf}", f"list:{ssv2 / 'lists'}?root={ssv2 / 'videos'}"
+    study = write_study(tmp_path, "transfer", seeds=[0],
+                        pretrain={"epochs": 1, "batch_size": 6, "stride": 2},
+                        evaluate={"epochs": 20},
+                        sweep={"parameters": {"evaluate.source": [on_ucf, on_ssv2]},
+                               "points": [{"pretrain.source": on_ucf}, {"pretrain.source": on_ssv2},
+                                          {"pretrain.method": "scratch"}]})
+    done = harness("run", str(study), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "runs" / "transfer" / "trials.parquet")
+    assert len(trials) == 6 and (trials["status"] == "ok").all() and (trials["skipped_videos"] == 0).all()
+    assert set(trials["evaluate.source"]) == {on_ucf, on_ssv2} and trials["eval_top1"].between(0, 1).all()
+    pretrained = trials[trials["pretrain.method"] == "videomae"]
+    assert set(pretrained["pretrain.source"]) == {on_ucf, on_ssv2}
+    assert pretrained["pretrain_loss"].between(0, 10).all()
+    assert pretrained["pretrain_shared_from"].notna().sum() == 2  # one pre-training per source, reused
+    report = harness("report", "runs/transfer", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "reports" / "transfer.md").read_text()
+    assert page.count("in-domain pre-training beats out-of-domain pre-training") == 2

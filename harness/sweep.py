@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import math
 import os
 import sys
@@ -19,6 +18,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from .cluster import remove_leaked_placement_groups, start_ray
 from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
                       remove_partial_writes, upsert_rows)
 from .sources import check_files, resolve_source
@@ -109,75 +109,6 @@ def prepare_data(study: Study) -> None:
             if finished == total or finished % max(1, total // 10) == 0:
                 print(f"  making {name}: {finished}/{total} clips", flush=True)
         check_files(resolve_source(source, synth, progress=progress), source)
-
-
-TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
-AUTH_MODE_ENV, TOKEN_COMMAND = "RAY_AUTH_MODE", "`ray get-auth-token`"  # Ray's token authentication
-
-
-def quiet_ray_console(verbose: bool) -> None:
-    """Without --verbose, the console shows the harness's own lines: Ray's notices that repeat
-    them (the dashboard address, the token) and Tune's experiment box are left out."""
-    if verbose:
-        return
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    # Tune's newer console output prints its box and results path whatever `verbose` says;
-    # the classic reporter at verbose=0 prints nothing.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # A failed trial is one line (TrialRecorder) naming the error and its error.txt, not a traceback.
-    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-
-
-def start_ray(address: str | None, verbose: bool = False) -> bool:
-    """Join `address` (or RAY_ADDRESS), else start a local Ray with the dashboard on 127.0.0.1.
-    Returns whether it joined a cluster (one that outlives this driver)."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    # The data settings the workers read (named here: harness.data imports torch, the driver does not).
-    env = {k: os.environ[k] for k in ("VIDEOMAE_HARNESS_CACHE", "VIDEOMAE_HARNESS_DECODE_CACHE_MB") if k in os.environ}
-    # Ray Train's controller polls its workers this often (default 2 s), and a stage's start
-    # and end each wait for polls: 0.5 s saves a few seconds per trial (BENCHMARKS.md).
-    env[TRAIN_POLL_ENV] = os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)
-    quiet_ray_console(verbose)
-    level = logging.INFO if verbose else logging.WARNING
-    if address:
-        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose, logging_level=level)
-    else:
-        # The dashboard must run: without it Train-inside-Tune leaks placement groups (notes/ray.md).
-        # address="local": always a new instance, never a cluster that happens to run here.
-        context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                           log_to_driver=verbose, logging_level=level, runtime_env={"env_vars": env})
-    url = context.dashboard_url
-    print(f"Ray {'cluster ' + address if address else 'started locally'}; dashboard: "
-          f"{'http://' + url if url else 'not running'}", flush=True)
-    if url and not address and os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
-        # Ray turned on token authentication for the new cluster: the dashboard asks for it.
-        print(f"  the dashboard asks for Ray's token: {TOKEN_COMMAND} prints it", flush=True)
-    return bool(address)
-
-
-def remove_leaked_placement_groups() -> int:
-    """Remove the placement groups that jobs no longer running left behind; returns how many.
-
-    Ray removes a job's (non-detached) placement groups when it ends, but a Ray Train worker
-    group's can outlive a driver killed with kill -9 (seen with Ray 2.60 on a 2-node cluster).
-    Left there, the CPUs it reserves stop a rerun of the study from ever scheduling a worker."""
-    from ray._private.state import jobs
-    from ray.util.placement_group import PlacementGroup
-    from ray.util.state import list_placement_groups
-
-    try:
-        dead = {job["JobID"] for job in jobs() if job.get("IsDead")}
-        groups = list_placement_groups(filters=[("state", "!=", "REMOVED")], detail=True, limit=10_000,
-                                       raise_on_missing_output=False)
-    except Exception as error:  # the state API needs the dashboard; without it, nothing to do here
-        print(f"  (could not list placement groups: {type(error).__name__})", flush=True)
-        return 0
-    leaked = [group for group in groups if group.creator_job_id in dead and not group.is_detached]
-    for group in leaked:
-        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.placement_group_id)))
-    if leaked:
-        print(f"Removed {len(leaked)} placement group(s) left by ended jobs", flush=True)
-    return len(leaked)
 
 
 class TrialRecorder(Callback):

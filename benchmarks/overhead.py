@@ -69,7 +69,7 @@ def in_process_trial(args: tuple[str, str, dict]) -> dict:
         if experiment.pretrain.method == "videomae":
             session = Session(checkpoints)
             pretrain(experiment, point["seed"], session)
-            checkpoint = session.latest_checkpoint()
+            checkpoint = Path(checkpoints) / "latest"
             reports = session.reports
         pretrained = time.perf_counter()
         evaluate(experiment, point["seed"], Session(), checkpoint)

@@ -3,7 +3,6 @@ neighbours on frozen features, or fine-tuning (harness/finetune.py)."""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ from models import VideoEncoder, temporal_features
 
 from .data import ClipDataset, decode_cache_mb
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, resolved_precision, skipped_files
-from .session import Session, all_gather, keep_freed_memory, machine
+from .session import Session, all_gather, checkpoint_folder, keep_freed_memory, machine
 from .sources import DataError, check_files, resolve_source, split, stratified_subset
 from .study import Experiment
 
@@ -123,7 +122,7 @@ def final_metrics(experiment: Experiment, logits: torch.Tensor, labels: torch.Te
 def report_final(session: Session, metrics: dict, state: dict | None = None) -> dict:
     """Report the evaluation's result once, with a checkpoint holding it (Ray Train keeps a
     run's metrics only with a checkpoint); `state` (e.g. fine-tuned weights) is saved beside."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with checkpoint_folder() as tmp:
         if session.rank == 0:
             (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
             if state is not None:

@@ -4,7 +4,6 @@ decay, then tested on the val split with its views' scores averaged. Checkpoints
 resumes from the latest, like pre-training."""
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from models import VideoClassifier, layer_decay_groups
 from .data import ClipDataset, collate_views
 from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, lr_at
-from .session import Session, all_gather, all_reduce_mean
+from .session import Session, all_gather, all_reduce_mean, checkpoint_folder
 from .study import Experiment
 
 
@@ -57,9 +56,9 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
     groups = layer_decay_groups(model, recipe.lr, recipe.weight_decay, recipe.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), fused=True)
     start_epoch, history = 0, []
-    latest = session.latest_checkpoint()
-    if latest:
-        state = torch.load(Path(latest) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    with session.latest_checkpoint() as latest:
+        state = torch.load(latest / CHECKPOINT_FILE, map_location="cpu", weights_only=True) if latest else None
+    if state:
         if "metrics" in state:  # tested before an interruption: hand back the result
             return report_final(session, state["metrics"], state)
         model.load_state_dict(state["model"])
@@ -96,7 +95,7 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device),
                         "lr": lr, "clips_per_s": clips * session.world_size / seconds})
-        with tempfile.TemporaryDirectory() as tmp:
+        with checkpoint_folder() as tmp:
             if session.rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                             "epoch": epoch + 1, "history": history}, Path(tmp) / CHECKPOINT_FILE)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import math
 import resource
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models import VideoMAE, decoder_mask, make_mask
 
 from .data import ClipDataset, collate_views, decode_cache_mb
-from .session import Session, all_gather, all_reduce_mean, keep_freed_memory
+from .session import Session, all_gather, all_reduce_mean, checkpoint_folder, keep_freed_memory
 from .sources import check_files, resolve_source, split, stratified_subset
 from .study import Experiment
 
@@ -93,17 +92,17 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),
                                   weight_decay=spec.weight_decay, fused=True)  # one pass, not ~10 foreach ops
     start_epoch, history, skipped = 0, [], {}
-    checkpoint = session.latest_checkpoint()
-    if checkpoint:
-        state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    with session.latest_checkpoint() as checkpoint:
+        state = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=True) if checkpoint else None
+        if state and (state["epoch"] >= spec.epochs or state["metrics"].get("diverged")):  # ended before an interruption
+            session.report({**state["metrics"], "resumed_from_epoch": state["epoch"]},
+                           checkpoint if session.rank == 0 else None)
+            return
+    if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
         skipped = state.get("skipped", {})
-        if start_epoch >= spec.epochs or state["metrics"].get("diverged"):  # ended before an interruption
-            session.report({**state["metrics"], "resumed_from_epoch": start_epoch},
-                           checkpoint if session.rank == 0 else None)
-            return
     resumed_from = start_epoch
     model = session.prepare_model(model)
     core = getattr(model, "module", model)
@@ -158,7 +157,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
                    "precision": resolved_precision(experiment.precision, device),
                    "resumed_from_epoch": resumed_from, "bad_steps": bad_steps, "diverged": diverged,
                    "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
-        with tempfile.TemporaryDirectory() as tmp:
+        with checkpoint_folder() as tmp:
             if session.rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                             "epoch": epoch + 1, "history": history, "skipped": skipped,

@@ -2,12 +2,14 @@
 the trial layer swaps in a Ray Train session (harness/worker.py)."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -35,9 +37,41 @@ class Session:
             shutil.rmtree(latest, ignore_errors=True)
             shutil.copytree(checkpoint_dir, latest)
 
-    def latest_checkpoint(self) -> Path | None:
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        """The newest checkpoint as a local folder while the block runs; None before the first."""
         latest = self.checkpoint_root / "latest" if self.checkpoint_root else None
-        return latest if latest and latest.exists() else None
+        yield latest if latest and latest.exists() else None
+
+
+SCRATCH = f"videomae-harness-checkpoints-{os.getuid()}"  # under the temp dir: a folder per process
+
+
+@contextlib.contextmanager
+def checkpoint_folder() -> Iterator[Path]:
+    """An empty local folder to write a checkpoint into before reporting it, removed after the
+    block. A process killed inside the block (a stopped study, a lost worker) cannot remove
+    it, so each call first removes the folders of processes on this machine that have ended:
+    a killed trial does not leave a model's weights in the temp dir for good."""
+    root = Path(tempfile.gettempdir()) / SCRATCH
+    root.mkdir(exist_ok=True)
+    for folder in root.iterdir():
+        if folder.name.isdigit() and not _alive(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+    mine = root / str(os.getpid())
+    mine.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=mine) as folder:
+        yield Path(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:

@@ -4,8 +4,9 @@ The Train workers, the controller (which unpickles the entry points) and a trial
 itself import this module; the driver does not need torch."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 import ray
@@ -41,9 +42,10 @@ class RayTrainSession(Session):
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    def latest_checkpoint(self) -> Path | None:
-        checkpoint = ray.train.get_checkpoint()
-        return Path(checkpoint.to_directory()) if checkpoint else None
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        with local_folder(ray.train.get_checkpoint()) as folder:
+            yield folder
 
 
 class LocalRunSession(Session):
@@ -85,13 +87,24 @@ class LocalRunSession(Session):
             filesystem.delete_dir(self.storage.path("train", self.run, previous["checkpoint"]))
         return ray.train.Checkpoint(target, filesystem=filesystem)
 
-    def latest_checkpoint(self) -> Path | None:
-        if not self.record:
-            return None
-        path = self.storage.path("train", self.run, self.record["checkpoint"])
-        if self.storage.local:
-            return Path(path)
-        return Path(ray.train.Checkpoint(path, filesystem=self.storage.filesystem).to_directory())
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        checkpoint = ray.train.Checkpoint(self.storage.path("train", self.run, self.record["checkpoint"]),
+                                          filesystem=self.storage.filesystem) if self.record else None
+        with local_folder(checkpoint) as folder:
+            yield folder
+
+
+@contextlib.contextmanager
+def local_folder(checkpoint: ray.train.Checkpoint | None) -> Iterator[Path | None]:
+    """A checkpoint as a local folder while the block runs: its own folder on local (or mounted)
+    storage, else a download removed afterwards. (`Checkpoint.to_directory` copies even a local
+    checkpoint into /tmp/checkpoint_tmp_* and never removes it: a pre-trained model per trial.)"""
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        yield Path(folder)
 
 
 def _worker_setup(config: dict, session: Session | None) -> tuple[Experiment, int, Session]:
@@ -111,6 +124,6 @@ def pretrain_worker(config: dict, session: Session | None = None) -> None:
 def evaluate_worker(config: dict, session: Session | None = None) -> None:
     from .evaluate import evaluate
     experiment, seed, session = _worker_setup(config, session)
-    checkpoint = config.get("checkpoint")  # a ray.train.Checkpoint, on whatever storage it is
-    directory = checkpoint.to_directory() if checkpoint else None
-    evaluate(experiment, seed, session, directory)
+    # config["checkpoint"]: the pre-training's ray.train.Checkpoint, on whatever storage it is
+    with local_folder(config.get("checkpoint")) as directory:
+        evaluate(experiment, seed, session, directory)

@@ -141,7 +141,8 @@ def test_skipped_videos_reach_the_trial_metrics(files, tmp_path):
     pretrain(experiment, 0, session)
     assert session.reports[-1]["skipped_videos"] == 2
     assert sorted(session.reports[-1]["skipped_files"]) == sorted(str(tmp_path / r) for r in list(broken)[:2])
-    metrics = evaluate(experiment, 0, Session(), session.latest_checkpoint())
+    with session.latest_checkpoint() as checkpoint:
+        metrics = evaluate(experiment, 0, Session(), checkpoint)
     assert metrics["skipped_videos"] == 3 and metrics["val_clips"] == 8
     strict = Experiment.model_validate({**experiment.model_dump(), "on_error": "raise"})
     with pytest.raises(DataError, match="bad video .*train/00000[35].mp4"):

@@ -3,6 +3,8 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,13 +25,19 @@ def harness(*args, cwd):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("e2e")
+    before = set(ray_checkpoint_copies())
     done = harness("run", str(STUDY), "--scale", "smoke", cwd=workdir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return workdir, done.stdout + done.stderr
+    return workdir, done.stdout + done.stderr, set(ray_checkpoint_copies()) - before
+
+
+def ray_checkpoint_copies() -> list[Path]:
+    """Where Ray's Checkpoint.to_directory copies a checkpoint (and never removes it)."""
+    return list(Path(tempfile.gettempdir()).glob("checkpoint_tmp_*"))
 
 
 def test_one_row_per_trial_with_every_swept_parameter(smoke_run):
-    workdir, stdout = smoke_run
+    workdir, stdout, copies = smoke_run
     assert "dashboard: http://127.0.0.1:" in stdout and "pretrain epoch 2/2" in stdout
     # Ray's and Tune's own notices that repeat the harness's lines are left out (--verbose shows them)
     assert "Configuration for experiment" not in stdout and "Started a local Ray instance" not in stdout
@@ -40,10 +48,12 @@ def test_one_row_per_trial_with_every_swept_parameter(smoke_run):
     assert trials["pretrain_loss"].between(0, 10).all() and trials["eval_top1"].between(0, 1).all()
     assert trials["pretrain_loss_curve"].map(len).eq(2).all()
     assert (trials["wall_time_s"] > 0).all() and (trials["scale"] == "smoke").all()
+    # Stages read checkpoints where the study keeps them: no pre-trained model copied into /tmp per trial
+    assert not copies, f"{len(copies)} checkpoint copies left in {tempfile.gettempdir()}"
 
 
 def test_rerun_resumes_without_rerunning_finished_trials(smoke_run):
-    workdir, _ = smoke_run
+    workdir, *_ = smoke_run
     before = pd.read_parquet(workdir / "runs" / "mask_ratio" / "trials.parquet")
     again = harness("run", str(STUDY), "--scale", "smoke", cwd=workdir)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -54,7 +64,7 @@ def test_rerun_resumes_without_rerunning_finished_trials(smoke_run):
 
 
 def test_report_draws_the_rows(smoke_run):
-    workdir, _ = smoke_run
+    workdir, *_ = smoke_run
     done = harness("report", "runs/mask_ratio", cwd=workdir)
     assert done.returncode == 0, done.stderr
     page = (workdir / "reports" / "mask_ratio.html").read_text()
@@ -79,7 +89,7 @@ def test_report_draws_the_rows(smoke_run):
 
 @needs_chromium
 def test_report_pages_load_in_chromium_with_every_chart_drawn(smoke_run):
-    workdir, _ = smoke_run
+    workdir, *_ = smoke_run
     if not (workdir / "reports" / "mask_ratio.html").exists():
         assert harness("report", "runs/mask_ratio", cwd=workdir).returncode == 0
     for page in ("mask_ratio.html", "index.html"):

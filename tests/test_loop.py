@@ -1,10 +1,13 @@
 """The training loops in-process, without Ray: the same code a Ray Train worker runs."""
+import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from harness.evaluate import evaluate
 from harness.pretrain import pretrain
-from harness.session import Session
+from harness.session import Session, checkpoint_folder
 from harness.study import Experiment
 
 TINY = {"synth": {"train_clips": 48, "val_clips": 24},
@@ -30,7 +33,8 @@ def test_evaluate_pretrained_and_scratch_encoders(tmp_path):
     experiment = Experiment.model_validate(TINY)
     session = Session(tmp_path)
     pretrain(experiment, seed=0, session=session)
-    trained = evaluate(experiment, 0, Session(), session.latest_checkpoint())
+    with session.latest_checkpoint() as checkpoint:
+        trained = evaluate(experiment, 0, Session(), checkpoint)
     scratch = evaluate(experiment, 0, Session(), None)
     for metrics in (trained, scratch):
         assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
@@ -55,10 +59,11 @@ def test_knn_and_finetune_protocols_pretrained_and_scratch(tmp_path):
         spec = Experiment.model_validate({**TINY, "evaluate": {
             **TINY["evaluate"], "protocol": protocol, "knn_k": 5,
             "finetune": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1}}})
-        for checkpoint in (session.latest_checkpoint(), None):
-            metrics = evaluate(spec, 0, Session(), checkpoint)
-            assert metrics["protocol"] == protocol and metrics["val_clips"] == 24
-            assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+        with session.latest_checkpoint() as latest:
+            for checkpoint in (latest, None):
+                metrics = evaluate(spec, 0, Session(), checkpoint)
+                assert metrics["protocol"] == protocol and metrics["val_clips"] == 24
+                assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
     assert len(metrics["finetune_loss_curve"]) == 2
 
 
@@ -121,3 +126,22 @@ print(first, max(step() for _ in range(5)))
     first, after = map(int, done.stdout.split())
     assert first > 32768 * 0.9  # the first step's pages are new
     assert after < 32768 / 100  # later steps reuse them
+
+
+def test_a_checkpoint_folder_left_by_a_killed_process_is_removed_by_the_next(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # The child writes a checkpoint into its folder, says where, and is killed inside the block.
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import time; from harness.session import checkpoint_folder\n"
+        "with checkpoint_folder() as folder:\n"
+        "    (folder / 'checkpoint.pt').write_bytes(bytes(1000))\n"
+        "    print(folder, flush=True)\n"
+        "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    left = Path(child.stdout.readline().strip())
+    child.kill()
+    child.wait()
+    assert left.is_relative_to(tmp_path) and (left / "checkpoint.pt").exists()
+    with checkpoint_folder() as mine:
+        assert mine.is_relative_to(tmp_path) and not list(mine.iterdir())
+        assert not left.parent.exists()  # the killed process's folder, checkpoint and all
+    assert not mine.exists()

@@ -31,9 +31,13 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from .sweep import run_study
 
-    run_dir, failed = run_study(study, args.runs, address=args.address, restart=args.restart,
-                                verbose=args.verbose, source=args.study, storage=args.storage)
+    run_dir, failed, unfinished = run_study(study, args.runs, address=args.address, restart=args.restart,
+                                            verbose=args.verbose, source=args.study, storage=args.storage)
     print(f"report: harness report {run_dir}")
+    if unfinished:
+        print(f"interrupted: {unfinished} trial(s) did not finish; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 

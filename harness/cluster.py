@@ -17,11 +17,18 @@ def quiet_ray_console(verbose: bool) -> None:
     if verbose:
         return
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").addFilter(_not_tunes_resume_advice)
     # Tune's newer console output prints its box and results path whatever `verbose` says;
     # the classic reporter at verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A failed trial is one line (TrialRecorder) naming the error and its error.txt, not a traceback.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+
+
+def _not_tunes_resume_advice(record: logging.LogRecord) -> bool:
+    """After Ctrl+C Tune says to resume with `Tuner.restore(...)` and lists the stopped trials;
+    the harness says to run the same command again."""
+    return not str(record.msg).startswith(("Experiment has been interrupted", "Trials did not complete"))
 
 
 def start_ray(address: str | None, verbose: bool = False) -> bool:

@@ -284,8 +284,9 @@ def environment() -> dict[str, Any]:
 
 
 def run_study(study: Study, runs_root: str | Path, address: str | None = None, restart: bool = False,
-              verbose: bool = False, source: str = "", storage: str | None = None) -> tuple[Path, int]:
-    """Run every trial not yet finished; returns the study's run folder and the failed count.
+              verbose: bool = False, source: str = "", storage: str | None = None) -> tuple[Path, int, int]:
+    """Run every trial not yet finished; returns the study's run folder, the failed count and the
+    count of trials an interruption (Ctrl+C) left without a row.
     `source` (the study file) prefixes errors found once the cluster is known. `storage` (a path
     or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
@@ -337,7 +338,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
                 failure_config=ray.tune.FailureConfig(max_failures=1),
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialRecorder(study, run_dir, plan["trials"])]),
         )
-    grid = tuner.fit()
+    grid = tuner.fit()  # on Ctrl+C, Tune saves its state, stops the trials and returns
     if leases:
         ray.kill(leases)
     for result in grid:  # a row lost to an interruption between a trial's end and its write lands now
@@ -345,13 +346,24 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     done = sum(1 for r in grid if r.error is None and r.metrics.get("stage") == "done")
     failed = sum(1 for r in grid if r.error is not None)
     print(f"{done} trials finished, {failed} failed; results: {run_dir / TRIALS_FILE}", flush=True)
-    return run_dir, failed
+    return run_dir, failed, unfinished_trials(run_dir, grid, plan["trials"])
+
+
+def unfinished_trials(run_dir: Path, grid: ray.tune.ResultGrid, total: int) -> int:
+    """How many of the study's `total` trials neither failed nor have a row: none after a whole
+    run; after an interruption, the trials it stopped and those not started yet."""
+    path = run_dir / TRIALS_FILE
+    rows = set(pd.read_parquet(path, columns=["trial_id"])["trial_id"]) if path.exists() else set()
+    ended = sum(1 for r in grid if r.error is not None or r.metrics.get("trial_id") in rows)
+    return max(0, total - ended)
 
 
 def reconcile(run_dir: Path, study: Study, result: ray.tune.Result) -> None:
     """Record a trial from Tune's final result, unless its row was already written: finished,
-    stopped early, or failed after reporting (a failure that reported nothing was recorded by
-    TrialRecorder.on_trial_error, as Tune's result then has no trial id)."""
+    or failed after reporting (a failure that reported nothing was recorded by
+    TrialRecorder.on_trial_error, as Tune's result then has no trial id). A result that ends in
+    pre-training is not a row: ASHA's stops are recorded as they happen (on_trial_complete), so
+    it is a trial an interruption (Ctrl+C) stopped, which the rerun resumes."""
     trial_id, stage = result.metrics.get("trial_id"), result.metrics.get("stage")
     if not trial_id:
         return
@@ -360,8 +372,6 @@ def reconcile(run_dir: Path, study: Study, result: ray.tune.Result) -> None:
         row = {"status": "failed", "reason": failure_reason(error_file)}
     elif stage == "done":
         row = result.metrics
-    elif stage == "pretrain":
-        row = stopped_result(result.metrics)
     else:
         return
     record_trial(run_dir, study, trial_id, result.config, row)

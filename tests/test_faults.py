@@ -162,6 +162,27 @@ def test_driver_killed_then_rerun_completes_each_trial_once(phase, tmp_path, clu
         assert (after.loc[sorted(interrupted["pretrain"]), "resumed_from_epoch"] >= 1).all()
 
 
+def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluster):
+    sections, _ = PHASES["pretraining"]
+    study = write_study(tmp_path, "interrupted", **sections)
+    run_dir = tmp_path / "runs" / "interrupted"
+    driver = start(study, cluster, tmp_path)
+    wait_for(lambda: unfinished_with_checkpoint(run_dir, "pretrain"), driver)
+    interrupted = unfinished_with_checkpoint(run_dir, "pretrain")
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl+C in a terminal sends
+    code, output = finish(driver)
+    assert code == 130, output[-5000:]
+    assert "interrupted: 2 trial(s) did not finish; run the same command again to resume" in output
+    assert "Tuner.restore" not in output  # Tune's own resume advice, which a harness user cannot follow
+    # A trial Ctrl+C stopped is not a row (it was once recorded as stopped early by ASHA, for good)
+    assert not (run_dir / "trials.parquet").exists()
+    wait_until_released(cluster.address)
+
+    assert "resuming" in run(study, cluster, tmp_path)
+    after = check_complete(run_dir, pd.DataFrame({"trial_id": [], "finished_at": []}), 2, 16)
+    assert (after.loc[sorted(interrupted), "resumed_from_epoch"] >= 1).all()
+
+
 def test_driver_killed_while_replacing_the_results_file(tmp_path, cluster):
     """The driver dies between writing the new trials.parquet and renaming it over the old one."""
     study = write_study(tmp_path, "torn", sweep={"parameters": {"pretrain.mask.ratio": [0.75, 0.9]}},

@@ -108,7 +108,8 @@ def parser() -> argparse.ArgumentParser:
                      help="where Ray keeps checkpoints and trial state, for multi-node runs: a shared path or a "
                           "pyarrow URI (s3://bucket/path, gs://...); default: the run folder")
     run.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local Ray)")
-    run.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    run.add_argument("--restart", action="store_true",
+                     help="move this study's earlier run aside (to <runs>/<study>.<date>-<time>) and start over")
     run.add_argument("--dry-run", action="store_true", help="print the trials and resources; run nothing")
     run.add_argument("--verbose", action="store_true", help="show the Ray workers' own log lines and Ray's own notices")
     run.set_defaults(handler=_run)

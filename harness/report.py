@@ -247,10 +247,11 @@ def status_table(run_dir: Path) -> str:
 
 def runs_table(runs_root: Path) -> str:
     """`harness ls`: every study under a runs folder with its trial count and best metric."""
-    lines = []
-    for run_dir in sorted(p for p in runs_root.glob("*") if (p / TRIALS_FILE).exists()):
+    lines, run_dirs = [], sorted(p for p in runs_root.glob("*") if (p / TRIALS_FILE).exists())
+    width = max([24] + [len(run_dir.name) for run_dir in run_dirs])  # runs set aside by --restart are longer
+    for run_dir in run_dirs:
         trials = read_trials(run_dir)
         ok = trials[trials["status"] == "ok"]
         best = f"best {METRIC} {ok[METRIC].max():.4f}" if len(ok) else "no finished trial"
-        lines.append(f"{run_dir.name:24s} {len(trials):4d} trials  {best}  last {trials['finished_at'].max()}")
+        lines.append(f"{run_dir.name:{width}s} {len(trials):4d} trials  {best}  last {trials['finished_at'].max()}")
     return "\n".join(lines) if lines else f"no studies with results under {runs_root}"

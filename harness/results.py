@@ -1,11 +1,13 @@
 """Result rows -> Parquet, one row per trial, appended by atomic replace (temp file + rename)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +65,41 @@ def upsert_rows(path: str | Path, rows: list[dict], key: str = "trial_id") -> pd
         os.kill(os.getpid(), signal.SIGKILL)  # tests: the driver dies between the write and the rename
     os.replace(partial, path)
     return new
+
+
+RESUME_IGNORES = ("description", "resources")  # may change between runs of a study: no result depends on them
+
+
+def settings_changed(run_dir: str | Path, settings: dict) -> list[str]:
+    """The settings (dotted paths, with the values when short; `scale` first) in which `settings`
+    differ from the study that the run folder was made from; [] for a new folder. A path only one side has (a field a later
+    version added) is not compared."""
+    path = Path(run_dir) / STUDY_FILE
+    if not path.exists():
+        return []
+    before = json.loads(path.read_text())
+    keys = sorted(set(before) & set(settings) - set(RESUME_IGNORES), key=lambda key: (key != "scale", key))
+    return [change for key in keys for change in _differences(before[key], settings[key], key)]
+
+
+def _differences(old: object, new: object, path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(set(old) & set(new)) for change in _differences(old[key], new[key], f"{path}.{key}")]
+    if old == new:
+        return []
+    short = all(isinstance(v, (str, int, float, bool, type(None))) and len(str(v)) <= 24 for v in (old, new))
+    return [f"{path} {old} -> {new}" if short else path]
+
+
+def set_aside(run_dir: str | Path) -> Path | None:
+    """Move a study's earlier run folder to <name>.<date-time> (where `harness report` still
+    reads it), so that a restart begins empty; returns where it went, None if there was none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    target = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(target)
+    return target
 
 
 def read_trials(run_dir: str | Path) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
 import os
 import sys
@@ -20,7 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .cluster import remove_leaked_placement_groups, start_ray
 from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
-                      remove_partial_writes, upsert_rows)
+                      remove_partial_writes, set_aside, settings_changed, upsert_rows)
 from .sources import DataError, check_files, resolve_source, split
 from .storage import Storage, remember_storage
 from .study import DataRead, Study, StudyError, data_sources, get_path
@@ -293,11 +294,19 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     ray_storage = Storage.at(storage, study.name) if storage else None
     if ray_storage:
         ray_storage.check_writable()
+    run_dir = Path(runs_root).absolute() / study.name
+    changed = [] if restart else settings_changed(run_dir, json.loads(study.model_dump_json()))
+    if changed:  # Tune would resume the earlier study's trials, and the rows would mix
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise StudyError(f"{source + ': ' if source else ''}{run_dir} holds a run of this study with other "
+                         f"settings ({', '.join(changed[:4])}{more}): --restart moves it aside and starts "
+                         f"over; --runs DIR runs this one elsewhere")
     prepare_data(study, f"{source}: " if source else "")
     if start_ray(address, verbose):  # a local Ray ends with its driver, and leaves nothing behind
         remove_leaked_placement_groups()
     plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")
-    run_dir = Path(runs_root).absolute() / study.name  # nothing is written here before the plan fits
+    if restart and (aside := set_aside(run_dir)):  # nothing is written here before the plan fits
+        print(f"the earlier run of {study.name} is kept in {aside}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(run_dir)
     remember_storage(run_dir, storage)

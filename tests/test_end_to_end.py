@@ -1,6 +1,7 @@
 """`harness run` at smoke scale through real Ray, then `harness report`, as a user runs them."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,33 @@ def test_rerun_resumes_without_rerunning_finished_trials(smoke_run):
     after = pd.read_parquet(workdir / "runs" / "mask_ratio" / "trials.parquet")
     assert sorted(after["trial_id"]) == sorted(before["trial_id"])
     assert sorted(after["finished_at"]) == sorted(before["finished_at"])  # rows untouched
+
+
+def test_a_changed_study_is_refused_until_restart_sets_the_earlier_run_aside(smoke_run, tmp_path):
+    workdir, *_ = smoke_run
+    shutil.copytree(workdir / "runs", tmp_path / "runs")  # the fixture's run stays as the other tests read it
+    before = pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet")
+    # The default (cpu) scale into the smoke run's folder: Tune would resume the smoke trials
+    cpu = harness("run", str(STUDY), cwd=tmp_path)
+    assert cpu.returncode == 2 and len(cpu.stderr.strip().splitlines()) == 1, cpu.stdout + cpu.stderr
+    assert "mask_ratio holds a run of this study with other settings (scale smoke -> cpu," in cpu.stderr
+    assert "--restart moves it aside" in cpu.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mask_ratio"]
+    assert pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet").equals(before)
+
+    changed = tmp_path / "mask_ratio.yaml"
+    changed.write_text(STUDY.read_text().replace(
+        "sweep.points: [{pretrain.mask.ratio: 0.5}, {pretrain.mask.ratio: 0.75}, {pretrain.mask.ratio: 0.9}]",
+        "sweep.points: [{pretrain.mask.ratio: 0.6}]"))
+    refused = harness("run", str(changed), "--scale", "smoke", cwd=tmp_path)
+    assert refused.returncode == 2 and "(sweep.points)" in refused.stderr, refused.stderr
+    restarted = harness("run", str(changed), "--scale", "smoke", "--restart", cwd=tmp_path)
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
+    aside = [p for p in (tmp_path / "runs").iterdir() if p.name != "mask_ratio"]
+    assert len(aside) == 1 and re.fullmatch(r"mask_ratio\.\d{8}-\d{6}", aside[0].name)
+    assert f"the earlier run of mask_ratio is kept in {aside[0]}" in restarted.stdout
+    assert pd.read_parquet(aside[0] / "trials.parquet").equals(before)
+    assert pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet")["pretrain.mask.ratio"].tolist() == [0.6]
 
 
 def test_report_draws_the_rows(smoke_run):

@@ -18,6 +18,9 @@ def quiet_ray_console(verbose: bool) -> None:
         return
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.tune").addFilter(_not_tunes_resume_advice)
+    # After Ctrl+C, Tune warns that trials stopped before their first report have no metrics.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("optuna").setLevel(logging.WARNING)  # "A new study created in memory..."
     # Tune's newer console output prints its box and results path whatever `verbose` says;
     # the classic reporter at verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -82,7 +82,30 @@ def remember_storage(run_dir: Path, location: str | None) -> None:
     if location is None:
         record.unlink(missing_ok=True)
     else:
-        record.write_text(json.dumps({"location": re.sub(r"://[^/@]*@", "://", location)}))
+        record.write_text(json.dumps({"location": _without_credentials(location)}))
+
+
+def resumed_storage(run_dir: Path, location: str | None) -> str | None:
+    """The `--storage` a rerun of the study in `run_dir` uses: the one its run started with, as
+    Tune's state is there (omitted: that one). Asking for another would start every trial again
+    beside the recorded ones, so it is refused (StorageError)."""
+    record = run_dir / STORAGE_FILE
+    before = json.loads(record.read_text())["location"] if record.exists() else None
+    if before is None and not (run_dir / "tune").exists():
+        return location  # nothing to resume
+    if location is None:
+        return before
+    if before is None:
+        raise StorageError(f"--storage {location}: {run_dir} keeps its checkpoints and trial state in the run "
+                           f"folder; leave out --storage to resume it, or add --restart")
+    if _without_credentials(location) != before:
+        raise StorageError(f"--storage {location}: {run_dir} keeps its checkpoints and trial state in {before}; "
+                           f"give that to resume it, or add --restart")
+    return location
+
+
+def _without_credentials(location: str) -> str:
+    return re.sub(r"://[^/@]*@", "://", location)
 
 
 def study_storage(run_dir: Path) -> Storage:

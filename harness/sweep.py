@@ -23,7 +23,7 @@ from .cluster import remove_leaked_placement_groups, start_ray
 from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
                       remove_partial_writes, set_aside, settings_changed, upsert_rows)
 from .sources import DataError, check_files, resolve_source, split
-from .storage import Storage, remember_storage
+from .storage import Storage, remember_storage, resumed_storage
 from .study import DataRead, Study, StudyError, data_sources, get_path
 from .trial import (POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, sweep_point,
                     trial_resources)
@@ -291,10 +291,11 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     `source` (the study file) prefixes errors found once the cluster is known. `storage` (a path
     or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
+    run_dir = Path(runs_root).absolute() / study.name
+    storage = storage if restart else resumed_storage(run_dir, storage)
     ray_storage = Storage.at(storage, study.name) if storage else None
     if ray_storage:
         ray_storage.check_writable()
-    run_dir = Path(runs_root).absolute() / study.name
     changed = [] if restart else settings_changed(run_dir, json.loads(study.model_dump_json()))
     if changed:  # Tune would resume the earlier study's trials, and the rows would mix
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""

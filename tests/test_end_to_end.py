@@ -73,6 +73,10 @@ def test_a_changed_study_is_refused_until_restart_sets_the_earlier_run_aside(smo
     assert cpu.returncode == 2 and len(cpu.stderr.strip().splitlines()) == 1, cpu.stdout + cpu.stderr
     assert "mask_ratio holds a run of this study with other settings (scale smoke -> cpu," in cpu.stderr
     assert "--restart moves it aside" in cpu.stderr
+    # Tune's state is in the run folder: a --storage elsewhere would start every trial again
+    moved = harness("run", str(STUDY), "--scale", "smoke", "--storage", str(tmp_path / "shared"), cwd=tmp_path)
+    assert moved.returncode == 2 and "keeps its checkpoints and trial state in the run folder" in moved.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mask_ratio"]
     assert pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet").equals(before)
 

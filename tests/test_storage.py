@@ -33,7 +33,8 @@ def s3_endpoint(monkeypatch):
 
 def harness_run(study, tmp_path, storage):
     return subprocess.run([sys.executable, "-m", "harness.cli", "run", str(study), "--runs", str(tmp_path / "runs"),
-                           "--storage", storage], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+                           *(["--storage", storage] if storage else [])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
 
 
 def test_checkpoints_and_trial_state_on_s3_then_resume(tmp_path, s3_endpoint):
@@ -67,6 +68,13 @@ def test_checkpoints_and_trial_state_on_s3_then_resume(tmp_path, s3_endpoint):
     again = harness_run(study, tmp_path, storage)  # the Tune state is read back from the bucket
     assert again.returncode == 0 and "resuming s3://harness/ray/ons3/tune" in again.stdout, again.stdout[-4000:]
     assert pd.read_parquet(run_dir / "trials.parquet")["finished_at"].tolist() == trials["finished_at"].tolist()
+    # Without --storage the rerun resumes from where the run started, not from an empty run folder
+    forgotten = harness_run(study, tmp_path, None)
+    assert forgotten.returncode == 0 and "resuming s3://harness/ray/ons3/tune" in forgotten.stdout, forgotten.stderr
+    assert pd.read_parquet(run_dir / "trials.parquet")["finished_at"].tolist() == trials["finished_at"].tolist()
+    elsewhere = harness_run(study, tmp_path, str(tmp_path / "elsewhere"))  # would run every trial again
+    assert elsewhere.returncode == 2 and not (tmp_path / "elsewhere").exists()
+    assert f"keeps its checkpoints and trial state in s3://harness/ray?endpoint_override={s3_endpoint}" in elsewhere.stderr
 
 
 def test_storage_that_cannot_be_written_is_refused_before_any_trial(tmp_path, s3_endpoint):

@@ -87,11 +87,11 @@ def resolve_source(source: str, synth: SynthParams | None = None,
 def _folder_manifest(root: Path) -> pd.DataFrame:
     split_roots = {name: root / name for name in SPLITS if (root / name).is_dir()}
     if split_roots:
-        classes = sorted({d.name for r in split_roots.values() for d in r.iterdir() if d.is_dir()})
+        classes = sorted({d.name for r in split_roots.values() for d in _class_folders(r)})
         rows = [(str(f), classes.index(d.name), name) for name, split_root in split_roots.items()
-                for d in sorted(split_root.iterdir()) if d.is_dir() for f in _videos(d)]
+                for d in _class_folders(split_root) for f in _videos(d)]
         return pd.DataFrame(rows, columns=COLUMNS)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    classes = [d.name for d in _class_folders(root)]
     split_files = {name: f for name in SPLITS for f in (root / f"{name}.txt", root / f"{name}.csv") if f.is_file()}
     if not split_files:
         rows = [(str(f), label, "train") for label, name in enumerate(classes) for f in _videos(root / name)]
@@ -106,8 +106,19 @@ def _folder_manifest(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _class_folders(root: Path) -> list[Path]:
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and not _hidden(d.name)]
+
+
 def _videos(folder: Path) -> list[Path]:
-    return [f for f in sorted(folder.rglob("*")) if f.suffix.lower() in VIDEO_SUFFIXES]
+    return [f for f in sorted(folder.rglob("*")) if f.suffix.lower() in VIDEO_SUFFIXES
+            and not any(_hidden(part) for part in f.relative_to(folder).parts)]
+
+
+def _hidden(name: str) -> bool:
+    """Not data: hidden files and folders (.ipynb_checkpoints/, macOS's ._clip.avi beside each
+    clip copied from a Mac) and the __MACOSX/ tree of a zip made on a Mac."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _lines(list_file: Path) -> list[tuple[int, list[str]]]:

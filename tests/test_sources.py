@@ -42,6 +42,17 @@ def test_folder_with_split_files_and_without(tmp_path):
         resolve_source(f"folder:{tmp_path}")
 
 
+def test_folder_leaves_out_hidden_files_and_macos_zip_metadata(tmp_path):
+    _tree(tmp_path, ["run/a.mp4", "jump/b.mp4", "run/._a.mp4", ".ipynb_checkpoints/c.mp4",
+                     "__MACOSX/run/._a.mp4", "jump/.cache/d.mp4"])
+    table = resolve_source(f"folder:{tmp_path}")
+    assert [(p.rsplit("/", 2)[-2:], label) for p, label in zip(table["path"], table["label"])] == [
+        (["jump", "b.mp4"], 0), (["run", "a.mp4"], 1)]
+    _tree(tmp_path / "split", ["train/run/a.mp4", "train/.Trash/e.mp4", "val/jump/b.mp4", "val/jump/._b.mp4"])
+    table = resolve_source(f"folder:{tmp_path / 'split'}")
+    assert table["label"].tolist() == [1, 0] and table["split"].tolist() == ["train", "val"]
+
+
 def test_official_list_files_space_comma_header_and_data_root(tmp_path):
     _tree(tmp_path / "videos", ["a.mp4", "b.mp4"])
     lists = tmp_path / "lists"

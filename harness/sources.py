@@ -4,8 +4,10 @@
 - `synth:<domain>`: generated and cached on first use (harness/synth.py).
 - `folder:DIR`: one sub-folder per class (UCF101/HMDB51 style). Splits come from `train/`,
   `val/`, `test/` sub-trees, or from split files `train.txt`, `val.txt`, `test.txt` (or .csv) in
-  DIR listing paths relative to DIR (first column; e.g. UCF101's trainlist01.txt renamed);
-  without either, every file is `train`.
+  DIR listing paths relative to DIR (first column), or from the official split files as they
+  unpack: UCF101's `trainlist0N.txt`/`testlist0N.txt` (in DIR or DIR/ucfTrainTestlist) and
+  HMDB51's `<class>_test_splitN.txt` (in DIR or DIR/testTrainMulti_7030_splits), split 1 unless
+  `?split=N`; without any, every file is `train`.
 - `list:FILE` or `list:DIR`: the official VideoMAE list files, one `path label` per line,
   separated by spaces or a comma, no header (a header line is skipped; with more columns the
   first is the path and the last the label). A DIR holds train/val/test `.csv` or `.txt` lists.
@@ -35,16 +37,18 @@ class DataError(ValueError):
     """Data that cannot be used: the message is one line naming the file."""
 
 
-def parse_source(source: str) -> tuple[str, str, str | None]:
-    """`scheme:location[?root=DIR]` -> (scheme, location, root or None)."""
+def parse_source(source: str) -> tuple[str, str, dict[str, str]]:
+    """`scheme:location[?root=DIR][&split=N]` -> (scheme, location, options)."""
     scheme, _, rest = source.partition(":")
-    location, _, query = rest.partition("?root=")
-    return scheme, location, query or None
+    location, _, query = rest.partition("?")
+    options = dict(option.partition("=")[::2] for option in query.split("&") if option)
+    return scheme, location, options
 
 
 def check_source(source: str) -> str | None:
     """A one-line problem with a source string, or None if it can be used."""
-    scheme, location, root = parse_source(source)
+    scheme, location, options = parse_source(source)
+    root, unknown = options.get("root"), set(options) - ({"root", "split"} if scheme == "folder" else {"root"})
     if scheme == "synth":
         if location not in DOMAINS:
             return f"unknown synthetic domain {location!r}; choose from {list(DOMAINS)}"
@@ -55,6 +59,9 @@ def check_source(source: str) -> str | None:
         return f"unknown data source {source!r}; use synth:<domain>, folder:<dir>, list:<file> or manifest:<file>"
     if not location:
         return f"{scheme}: needs a path, e.g. {scheme}:/data/ucf101"
+    if unknown or not options.get("split", "1").isdigit():
+        return (f"{source}: unknown option {sorted(unknown)[0]!r}" if unknown else
+                f"{source}: split must be a number (the official split files' N)")
     for path in (location, root):
         if path and not Path(path).exists():
             return f"data path {path} does not exist"
@@ -69,8 +76,8 @@ def resolve_source(source: str, synth: SynthParams | None = None,
     problem = check_source(source)
     if problem:
         raise DataError(problem)
-    scheme, location, root = parse_source(source)
-    path = Path(location)
+    scheme, location, options = parse_source(source)
+    path, root = Path(location), options.get("root")
     if scheme == "synth":
         params = synth or SynthParams()
         manifest = ensure_synth(SynthParams(**{**params.__dict__, "domain": location}), progress=progress)
@@ -78,13 +85,13 @@ def resolve_source(source: str, synth: SynthParams | None = None,
         table["path"] = [str(manifest.parent / p) for p in table["path"]]
         return table
     if scheme == "folder":
-        return _folder_manifest(path)
+        return _folder_manifest(path, int(options.get("split", 1)))
     if scheme == "list":
         return _list_manifest(path, Path(root) if root else None)
     return _table_manifest(path, Path(root) if root else path.parent)
 
 
-def _folder_manifest(root: Path) -> pd.DataFrame:
+def _folder_manifest(root: Path, split_number: int = 1) -> pd.DataFrame:
     split_roots = {name: root / name for name in SPLITS if (root / name).is_dir()}
     if split_roots:
         classes = sorted({d.name for r in split_roots.values() for d in _class_folders(r)})
@@ -93,17 +100,33 @@ def _folder_manifest(root: Path) -> pd.DataFrame:
         return pd.DataFrame(rows, columns=COLUMNS)
     classes = [d.name for d in _class_folders(root)]
     split_files = {name: f for name in SPLITS for f in (root / f"{name}.txt", root / f"{name}.csv") if f.is_file()}
-    if not split_files:
+    listed = ([(Path(parts[0]), name, f"{split_file} line {number}") for name, split_file in split_files.items()
+               for number, parts in _lines(split_file)] if split_files else _official_split(root, split_number))
+    if listed is None:
         rows = [(str(f), label, "train") for label, name in enumerate(classes) for f in _videos(root / name)]
         return pd.DataFrame(rows, columns=COLUMNS)
     rows = []
-    for name, split_file in split_files.items():
-        for number, parts in _lines(split_file):
-            relative = Path(parts[0])
-            if relative.parts[0] not in classes:
-                raise DataError(f"{split_file} line {number}: {relative} is not under a class folder of {root}")
-            rows.append((str(root / relative), classes.index(relative.parts[0]), name))
+    for relative, name, where in listed:
+        if relative.parts[0] not in classes:
+            raise DataError(f"{where}: {relative} is not under a class folder of {root}")
+        rows.append((str(root / relative), classes.index(relative.parts[0]), name))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _official_split(root: Path, number: int) -> list[tuple[Path, str, str]] | None:
+    """(path relative to root, split, where it is listed) from UCF101's or HMDB51's split files
+    for split `number`, where they unpack (in root or their own folder); None if there are none."""
+    for folder in (root, root / "ucfTrainTestlist"):
+        lists = {"train": folder / f"trainlist{number:02d}.txt", "test": folder / f"testlist{number:02d}.txt"}
+        if all(f.is_file() for f in lists.values()):  # "Class/v_Class_g08_c01.avi [label]"
+            return [(Path(parts[0]), name, f"{f} line {n}") for name, f in lists.items() for n, parts in _lines(f)]
+    for folder in (root, root / "testTrainMulti_7030_splits"):
+        files = sorted(folder.glob(f"*_test_split{number}.txt")) if folder.is_dir() else []
+        if files:  # <class>_test_splitN.txt: "video.avi 1" train, 2 test, 0 in neither
+            return [(Path(f.name.removesuffix(f"_test_split{number}.txt")) / parts[0],
+                     "train" if parts[-1] == "1" else "test", f"{f} line {n}")
+                    for f in files for n, parts in _lines(f) if parts[-1] in ("1", "2")]
+    return None
 
 
 def _class_folders(root: Path) -> list[Path]:

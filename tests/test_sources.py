@@ -2,6 +2,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -40,6 +41,40 @@ def test_folder_with_split_files_and_without(tmp_path):
     (tmp_path / "test.txt").write_text("Nowhere/v_9.avi\n")
     with pytest.raises(DataError, match="test.txt line 1: Nowhere/v_9.avi is not under a class folder"):
         resolve_source(f"folder:{tmp_path}")
+
+
+def test_folder_reads_the_official_ucf101_and_hmdb51_split_files(tmp_path):
+    ucf = tmp_path / "UCF-101"
+    _tree(ucf, ["ApplyLipstick/v_ApplyLipstick_g01_c01.avi", "ApplyLipstick/v_ApplyLipstick_g08_c01.avi",
+                "Archery/v_Archery_g01_c01.avi", "Archery/v_Archery_g08_c01.avi"])
+    lists = ucf / "ucfTrainTestlist"  # as its zip unpacks; the labels in trainlist are not needed
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ApplyLipstick\n2 Archery\n")
+    for n, (train, test) in {1: ("g08", "g01"), 2: ("g01", "g08")}.items():
+        (lists / f"trainlist0{n}.txt").write_text(f"ApplyLipstick/v_ApplyLipstick_{train}_c01.avi 1\n"
+                                                  f"Archery/v_Archery_{train}_c01.avi 2\n")
+        (lists / f"testlist0{n}.txt").write_text(f"ApplyLipstick/v_ApplyLipstick_{test}_c01.avi\n"
+                                                 f"Archery/v_Archery_{test}_c01.avi\n")
+    first, second = resolve_source(f"folder:{ucf}"), resolve_source(f"folder:{ucf}?split=2")
+    for table, train in ((first, "g08"), (second, "g01")):
+        assert len(table) == 4 and split(table, "train")["label"].tolist() == [0, 1]
+        assert all(f"_{train}_" in p for p in split(table, "train")["path"])
+        assert split(table, "val")["label"].tolist() == [0, 1]  # evaluation reads test
+    assert "split must be a number" in check_source(f"folder:{ucf}?split=one")
+    assert "unknown option 'fold'" in check_source(f"folder:{ucf}?fold=1")
+
+    hmdb = tmp_path / "hmdb51"
+    _tree(hmdb, ["brush_hair/a.avi", "brush_hair/b.avi", "brush_hair/c.avi", "cartwheel/d.avi", "cartwheel/e.avi"])
+    splits = hmdb / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("a.avi 1 \nb.avi 2 \nc.avi 0 \n")  # 0: in neither
+    (splits / "cartwheel_test_split1.txt").write_text("d.avi 2 \ne.avi 1 \n")
+    table = resolve_source(f"folder:{hmdb}")
+    assert [(Path(p).name, label, s) for p, label, s in table.itertuples(index=False)] == [
+        ("a.avi", 0, "train"), ("b.avi", 0, "test"), ("d.avi", 1, "test"), ("e.avi", 1, "train")]
+    (splits / "cartwheel_test_split1.txt").write_text("f.avi 1 \n")  # listed, not on disk
+    with pytest.raises(DataError, match="cartwheel/f.avi"):
+        check_files(resolve_source(f"folder:{hmdb}"))
 
 
 def test_folder_leaves_out_hidden_files_and_macos_zip_metadata(tmp_path):

@@ -158,12 +158,16 @@ def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path) -> Path | None:
 
 
 def write_report(run_dir: Path, out_dir: Path) -> Path:
-    """Write <out_dir>/<study>.html, .md, .json (for the index) and a copy of the rows under
-    <out_dir>/<study>/; then refresh the index. Returns the html path."""
+    """Write <out_dir>/<run>.html, .md, .json (for the index) and a copy of the rows under
+    <out_dir>/<run>/, <run> being the run folder's name (the study's, or e.g. the
+    <study>.<date>-<time> of a run set aside by --restart); then refresh the index. Returns the
+    html path."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     trials = read_trials(run_dir)
     facts = header(trials, _description(run_dir))
-    name = facts["study"]
+    name = run_dir.resolve().name
+    if name != facts["study"]:
+        facts["run folder"] = name
     found, table, cost = findings(trials, parameters(trials)), summary_table(trials), cost_table(trials)
     unfinished = unfinished_table(trials)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +227,7 @@ def write_index(out_dir: Path) -> Path:
         verdicts = "".join(f"<li>{html.escape(f['finding'])} ({html.escape(f['context'])}): "
                            f"<span class='{_verdict_class(f['verdict'])}'>{html.escape(f['verdict'])}</span> "
                            f"({f['difference']:+.3f})</li>" for f in facts.get("findings", []))
-        items.append(f"<h2><a href='{html.escape(summary.stem)}.html'>{html.escape(facts['study'])}</a></h2>"
+        items.append(f"<h2><a href='{html.escape(summary.stem)}.html'>{html.escape(summary.stem)}</a></h2>"
                      f"<p>{html.escape(facts.get('description', ''))}<br>{html.escape(facts.get('scale', ''))} scale, "
                      f"{html.escape(facts.get('trials', '?'))} trials, {html.escape(facts.get('time it took', ''))}</p>"
                      f"<ul>{verdicts}</ul>")

@@ -19,7 +19,7 @@ def tube_mask(batch: int, grid: tuple[int, int, int], ratio: float,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """One spatial mask of int(ratio * patches) per sample, repeated over every temporal slot."""
     slots, rows, cols = grid
-    per_frame = int(ratio * rows * cols)
+    per_frame = int(ratio * (rows * cols))  # as the reference rounds it: (ratio * rows) * cols can differ
     spatial = _random_choice(batch, rows * cols, per_frame, generator)
     return spatial.unsqueeze(1).expand(batch, slots, rows * cols).reshape(batch, -1)
 

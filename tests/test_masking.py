@@ -1,6 +1,6 @@
 """Property tests of the mask generators (hypothesis)."""
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from models import decoder_mask, make_mask
@@ -18,7 +18,8 @@ settings.load_profile("fast")
 
 def expected_count(strategy, grid, ratio):
     slots, rows, cols = grid
-    return {"tube": int(ratio * rows * cols) * slots, "random": int(ratio * slots * rows * cols),
+    # The reference's rounding: int(ratio * count); ratio * a * b can round the other way (1/3 of 84)
+    return {"tube": int(ratio * (rows * cols)) * slots, "random": int(ratio * (slots * rows * cols)),
             "frame": int(ratio * slots) * rows * cols,
             "running_cell": int(4 * ratio) * slots * rows * cols // 4}[strategy]
 
@@ -28,6 +29,8 @@ def test_every_name_a_study_may_choose_has_an_implementation():
 
 
 @given(st.sampled_from(STRATEGIES), batches, grids, ratios, seeds)
+@example("random", 1, (7, 2, 6), 1 / 3, 0)  # 1/3 * 7 * 2 * 6 = 27.999..., 1/3 * 84 = 28.0
+@example("tube", 1, (1, 6, 10), 0.35, 0)  # 0.35 * 6 * 10 = 20.999..., 0.35 * 60 = 21.0
 def test_exact_count_in_every_sample_and_determinism(strategy, batch, grid, ratio, seed):
     mask = make_mask(strategy, batch, grid, ratio, torch.Generator().manual_seed(seed))
     assert mask.dtype == torch.bool and mask.shape == (batch, grid[0] * grid[1] * grid[2])

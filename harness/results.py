@@ -72,8 +72,8 @@ RESUME_IGNORES = ("description", "resources")  # may change between runs of a st
 
 def settings_changed(run_dir: str | Path, settings: dict) -> list[str]:
     """The settings (dotted paths, with the values when short; `scale` first) in which `settings`
-    differ from the study that the run folder was made from; [] for a new folder. A path only one side has (a field a later
-    version added) is not compared."""
+    differ from the study that the run folder was made from; [] for a new folder. A path only
+    one side has (a field a later version added) is not compared."""
     path = Path(run_dir) / STUDY_FILE
     if not path.exists():
         return []

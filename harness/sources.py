@@ -48,7 +48,6 @@ def parse_source(source: str) -> tuple[str, str, dict[str, str]]:
 def check_source(source: str) -> str | None:
     """A one-line problem with a source string, or None if it can be used."""
     scheme, location, options = parse_source(source)
-    root, unknown = options.get("root"), set(options) - ({"root", "split"} if scheme == "folder" else {"root"})
     if scheme == "synth":
         if location not in DOMAINS:
             return f"unknown synthetic domain {location!r}; choose from {list(DOMAINS)}"
@@ -59,10 +58,12 @@ def check_source(source: str) -> str | None:
         return f"unknown data source {source!r}; use synth:<domain>, folder:<dir>, list:<file> or manifest:<file>"
     if not location:
         return f"{scheme}: needs a path, e.g. {scheme}:/data/ucf101"
-    if unknown or not options.get("split", "1").isdigit():
-        return (f"{source}: unknown option {sorted(unknown)[0]!r}" if unknown else
-                f"{source}: split must be a number (the official split files' N)")
-    for path in (location, root):
+    unknown = sorted(set(options) - ({"root", "split"} if scheme == "folder" else {"root"}))
+    if unknown:
+        return f"{source}: unknown option {unknown[0]!r}"
+    if not options.get("split", "1").isdigit():
+        return f"{source}: split must be a number (the official split files' N)"
+    for path in (location, options.get("root")):
         if path and not Path(path).exists():
             return f"data path {path} does not exist"
     if scheme == "manifest" and Path(location).suffix.lower() not in (".csv", ".parquet"):

@@ -291,6 +291,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     `source` (the study file) prefixes errors found once the cluster is known. `storage` (a path
     or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
+    where = f"{source}: " if source else ""
     run_dir = Path(runs_root).absolute() / study.name
     storage = storage if restart else resumed_storage(run_dir, storage)
     ray_storage = Storage.at(storage, study.name) if storage else None
@@ -299,13 +300,13 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     changed = [] if restart else settings_changed(run_dir, json.loads(study.model_dump_json()))
     if changed:  # Tune would resume the earlier study's trials, and the rows would mix
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-        raise StudyError(f"{source + ': ' if source else ''}{run_dir} holds a run of this study with other "
+        raise StudyError(f"{where}{run_dir} holds a run of this study with other "
                          f"settings ({', '.join(changed[:4])}{more}): --restart moves it aside and starts "
                          f"over; --runs DIR runs this one elsewhere")
-    prepare_data(study, f"{source}: " if source else "")
+    prepare_data(study, where)
     if start_ray(address, verbose):  # a local Ray ends with its driver, and leaves nothing behind
         remove_leaked_placement_groups()
-    plan = resource_plan(study, ray.cluster_resources(), f"{source}: " if source else "")
+    plan = resource_plan(study, ray.cluster_resources(), where)
     if restart and (aside := set_aside(run_dir)):  # nothing is written here before the plan fits
         print(f"the earlier run of {study.name} is kept in {aside}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)

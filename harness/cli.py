@@ -12,7 +12,7 @@ from .study import DEFAULT_SCALE, SCALES, StudyError, load_study
 
 
 def _run(args: argparse.Namespace) -> int:
-    study = load_study(args.study, args.scale)
+    study = load_study(args.study, args.scale, check_paths=not args.dry_run)
     from .sweep import trial_count, trial_points
 
     if args.dry_run:
@@ -26,8 +26,9 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"    {name}: {values if isinstance(values, list) else values.model_dump()}")
         res = study.resources
         print(f"each trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU, "
-              f"{res.gpus_per_worker:g} GPU; pre-train {study.pretrain.epochs} epochs on {study.pretrain.source}, "
-              f"evaluate ({study.evaluate.protocol}) on {study.evaluate.source}")
+              f"{res.gpus_per_worker:g} GPU; pre-train {study.pretrain.epochs} epochs on "
+              f"{_sources(study, 'pretrain')}, evaluate ({study.evaluate.protocol}) on {_sources(study, 'evaluate')}")
+        _note_missing_paths(study)
         return 0
     from .sweep import run_study
 
@@ -39,6 +40,26 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     return 1 if failed else 0
+
+
+def _sources(study, stage: str) -> str:
+    """The sources a stage reads across the trials (a sweep may set them), in first-use order."""
+    from .study import data_sources
+
+    sources = [read.source for read in data_sources(study) if read.stage == stage
+               and (stage == "evaluate" or read.experiment.pretrain.method != "scratch")]
+    return " | ".join(dict.fromkeys(sources)) or "nothing (scratch only)"
+
+
+def _note_missing_paths(study) -> None:
+    """A dry run may be planning for a cluster, where the data lives: name what is missing here."""
+    from .sources import missing_path
+    from .study import data_sources
+
+    missing = {(read.field, missing_path(read.source)) for read in data_sources(study)}
+    for field, path in sorted((field, path) for field, path in missing if path):
+        print(f"note: {field}: data path {path} does not exist on this machine; "
+              "a run needs it on every node", file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> int:

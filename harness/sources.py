@@ -45,8 +45,9 @@ def parse_source(source: str) -> tuple[str, str, dict[str, str]]:
     return scheme, location, options
 
 
-def check_source(source: str) -> str | None:
-    """A one-line problem with a source string, or None if it can be used."""
+def check_source(source: str, check_paths: bool = True) -> str | None:
+    """A one-line problem with a source string, or None if it can be used (`check_paths=False`:
+    its form only, not whether its paths exist here)."""
     scheme, location, options = parse_source(source)
     if scheme == "synth":
         if location not in DOMAINS:
@@ -63,12 +64,20 @@ def check_source(source: str) -> str | None:
         return f"{source}: unknown option {unknown[0]!r}"
     if not options.get("split", "1").isdigit():
         return f"{source}: split must be a number (the official split files' N)"
-    for path in (location, options.get("root")):
-        if path and not Path(path).exists():
-            return f"data path {path} does not exist"
+    missing = missing_path(source) if check_paths else None
+    if missing:
+        return f"data path {missing} does not exist"
     if scheme == "manifest" and Path(location).suffix.lower() not in (".csv", ".parquet"):
         return f"manifest {location} must be a .csv or .parquet file"
     return None
+
+
+def missing_path(source: str) -> str | None:
+    """The first path a folder/list/manifest source names that does not exist on this machine."""
+    scheme, location, options = parse_source(source)
+    if scheme == "synth":
+        return None
+    return next((path for path in (location, options.get("root")) if path and not Path(path).exists()), None)
 
 
 def resolve_source(source: str, synth: SynthParams | None = None,

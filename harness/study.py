@@ -290,7 +290,8 @@ def first_error(error: ValidationError, prefix: str = "") -> str:
 
 
 def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool = True) -> Study:
-    """Read and validate a study file; raise StudyError with one line naming file and field."""
+    """Read and validate a study file; raise StudyError with one line naming file and field.
+    `check_paths=False` leaves out whether the data paths exist here (a dry run for a cluster)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -322,11 +323,10 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     except ValidationError as error:
         raise StudyError(first_error(error, f"{path}: ")) from None
     _check_sweep(study, path)
-    if check_paths:
-        for read in data_sources(study):
-            problem = check_source(read.source)
-            if problem:
-                raise StudyError(f"{path}: {read.field}: {problem}")
+    for read in data_sources(study):
+        problem = check_source(read.source, check_paths)
+        if problem:
+            raise StudyError(f"{path}: {read.field}: {problem}")
     return study
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from harness.cli import main
@@ -63,6 +65,22 @@ def test_dry_run_lists_trials(capsys):
     assert main(["run", str(MASK_RATIO), "--scale", "smoke", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "3 trials" in out and '"pretrain.mask.ratio": 0.75' in out
+
+
+def test_dry_run_plans_a_cluster_study_whose_data_is_not_on_this_machine(capsys):
+    """The paper scale names /data/k400 and /data/ssv2: a dry run here lists the trials and the
+    sources they read, and notes the missing paths; a real run here refuses before starting."""
+    if Path("/data/k400").exists():
+        pytest.skip("this machine has /data/k400")
+    study = REPO / "studies" / "domain_shift.yaml"
+    assert main(["run", str(study), "--scale", "paper", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "18 trials" in captured.out
+    assert "pre-train 800 epochs on folder:/data/k400 | folder:/data/ssv2," in captured.out
+    assert "evaluate (finetune) on folder:/data/ssv2 | folder:/data/k400" in captured.out
+    assert "note: sweep.points: pretrain.source: data path /data/k400 does not exist on this machine" in captured.err
+    assert main(["run", str(study), "--scale", "paper"]) == 2
+    assert "pretrain.source: data path /data/k400 does not exist" in capsys.readouterr().err
 
 
 def test_resource_plan_fits_trials_to_the_cluster(tmp_path):

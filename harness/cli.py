@@ -13,10 +13,10 @@ from .study import DEFAULT_SCALE, SCALES, StudyError, load_study
 
 def _run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.scale, check_paths=not args.dry_run)
-    from .sweep import trial_count, trial_points
+    from .sweep import trial_points
 
     if args.dry_run:
-        print(f"study {study.name} at scale {study.scale}: {trial_count(study)} trials")
+        print(f"study {study.name} at scale {study.scale}: {study.trial_count()} trials")
         for point in trial_points(study):
             print("  " + json.dumps(point))
         if study.sweep.method == "optuna":

@@ -17,6 +17,7 @@ from .figures import figures, parameters, summarize
 from .findings import METRIC, findings
 from .gallery import gallery_png
 from .results import EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, read_trials
+from .study import Study
 
 BLANK = "–"  # a cell with no value: a setting a trial did not have (scratch), a spread of one seed
 NONE_FINISHED = "No trial has finished."
@@ -44,12 +45,12 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def header(trials: pd.DataFrame, description: str = "") -> dict[str, str]:
+def header(trials: pd.DataFrame, description: str = "", planned: int | None = None) -> dict[str, str]:
     """The facts a reader needs first: what ran, where, on which commit, and how long it took."""
     first = trials.iloc[0]
     facts = {"study": str(first["study"]), "description": description,
              "scale": ", ".join(sorted(trials["scale"].astype(str).unique())),
-             "trials": _trial_count(trials), "seeds": str(trials["seed"].nunique()),
+             "trials": _trial_count(trials, planned), "seeds": str(trials["seed"].nunique()),
              "evaluation": _distinct(trials, "eval_protocol"), "precision": _distinct(trials, "precision"),
              "machine": _distinct(trials, "machine"),
              "commit": _distinct(trials, "git_commit"),
@@ -68,12 +69,14 @@ def _time_taken(trials: pd.DataFrame) -> str:
             f"({trials['wall_time_s'].sum() / 60:.1f} min of trial time)")
 
 
-def _trial_count(trials: pd.DataFrame) -> str:
-    """"12", or "12 (10 ok, 1 diverged, 1 failed)" when some did not finish."""
+def _trial_count(trials: pd.DataFrame, planned: int | None = None) -> str:
+    """"12", "12 of 15" while a run is short of the trials its study makes, and
+    "12 (10 ok, 1 diverged, 1 failed)" when some did not finish."""
     counts = trials["status"].value_counts()
+    recorded = f"{len(trials)} of {planned}" if planned and planned > len(trials) else str(len(trials))
     if set(counts.index) == {"ok"}:
-        return str(len(trials))
-    return f"{len(trials)} ({', '.join(f'{n} {status}' for status, n in counts.items())})"
+        return recorded
+    return f"{recorded} ({', '.join(f'{n} {status}' for status, n in counts.items())})"
 
 
 def unfinished_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -146,6 +149,15 @@ def _description(run_dir: Path) -> str:
     return json.loads(path.read_text()).get("description", "") if path.exists() else ""
 
 
+def planned_trials(run_dir: Path) -> int | None:
+    """How many trials the run folder's study makes (None without a readable study.json: rows
+    copied on their own, or written by an older version)."""
+    try:
+        return Study.model_validate_json((run_dir / STUDY_FILE).read_text()).trial_count()
+    except (OSError, ValueError):
+        return None
+
+
 def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path) -> Path | None:
     """The best pre-trained trial's reconstructions, made from its checkpoint while the run
     folder has it; a gallery made earlier is kept for reports rebuilt from copied rows."""
@@ -164,7 +176,7 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     html path."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     trials = read_trials(run_dir)
-    facts = header(trials, _description(run_dir))
+    facts = header(trials, _description(run_dir), planned_trials(run_dir))
     name = run_dir.resolve().name
     if name != facts["study"]:
         facts["run folder"] = name
@@ -239,8 +251,12 @@ def write_index(out_dir: Path) -> Path:
 
 def status_table(run_dir: Path) -> str:
     """`harness status`: how many trials finished, and each configuration, best first."""
+    planned = planned_trials(run_dir)
+    if planned is not None and not (run_dir / TRIALS_FILE).exists():  # running: nothing recorded yet
+        study = json.loads((run_dir / STUDY_FILE).read_text())
+        return f"{study['name']} ({study['scale']} scale): 0 of {planned} trials recorded\nno trial has finished yet"
     trials = read_trials(run_dir)
-    facts = header(trials)
+    facts = header(trials, planned=planned)
     took = f", {facts['time it took']}" if "time it took" in facts else ""
     line = f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}{took}"
     table = summary_table(trials)
@@ -257,5 +273,7 @@ def runs_table(runs_root: Path) -> str:
         trials = read_trials(run_dir)
         ok = trials[trials["status"] == "ok"]
         best = f"best {METRIC} {ok[METRIC].max():.4f}" if len(ok) else "no finished trial"
-        lines.append(f"{run_dir.name:{width}s} {len(trials):4d} trials  {best}  last {trials['finished_at'].max()}")
+        planned = planned_trials(run_dir)
+        count = f"{len(trials)}/{planned}" if planned and planned > len(trials) else str(len(trials))
+        lines.append(f"{run_dir.name:{width}s} {count:>7s} trials  {best}  last {trials['finished_at'].max()}")
     return "\n".join(lines) if lines else f"no studies with results under {runs_root}"

@@ -254,6 +254,10 @@ class Study(Experiment):
             set_path(raw, path, value)
         return Experiment.model_validate(raw)
 
+    def trial_count(self) -> int:
+        """The trials a run of this study makes: each grid point once per seed, or Optuna's samples."""
+        return self.sweep.num_samples if self.sweep.method == "optuna" else len(self.sweep.grid_points()) * len(self.seeds)
+
 
 def set_path(tree: dict, path: str, value: Any) -> None:
     """tree['a']['b']['c'] = value for path 'a.b.c', creating mappings on the way."""

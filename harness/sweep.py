@@ -41,10 +41,6 @@ def trial_points(study: Study) -> list[dict[str, Any]]:
     return [{**point, "seed": seed} for point in study.sweep.grid_points() for seed in study.seeds]
 
 
-def trial_count(study: Study) -> int:
-    return study.sweep.num_samples if study.sweep.method == "optuna" else len(trial_points(study))
-
-
 def param_space(study: Study) -> dict[str, Any]:
     """The Tune search space: grid_search lists for a grid; Tune domains for Optuna to sample."""
     sweep = study.sweep
@@ -93,7 +89,7 @@ def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> 
     if gpus:
         fits = min(fits, math.floor(have_gpus / gpus))
     concurrent = min(fits, res.max_concurrent_trials or fits)
-    return {"trials": trial_count(study), "cpus_per_trial": cpus, "gpus_per_trial": gpus,
+    return {"trials": study.trial_count(), "cpus_per_trial": cpus, "gpus_per_trial": gpus,
             "concurrent_trials": concurrent, "cluster_cpus": have_cpus, "cluster_gpus": have_gpus}
 
 

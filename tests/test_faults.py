@@ -15,6 +15,7 @@ import pytest
 from conftest import MICRO, write_study as write_micro_study
 from harness.results import FAULT_ENV
 from harness.render import render_clip
+from harness.report import runs_table, status_table
 from harness.synth import SynthParams, write_mp4
 
 pytestmark = pytest.mark.slow
@@ -176,6 +177,7 @@ def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluste
     assert "Tuner.restore" not in output  # Tune's own resume advice, which a harness user cannot follow
     # A trial Ctrl+C stopped is not a row (it was once recorded as stopped early by ASHA, for good)
     assert not (run_dir / "trials.parquet").exists()
+    assert status_table(run_dir).startswith("interrupted (cpu scale): 0 of 2 trials recorded\nno trial has finished")
     wait_until_released(cluster.address)
 
     assert "resuming" in run(study, cluster, tmp_path)
@@ -193,6 +195,8 @@ def test_driver_killed_while_replacing_the_results_file(tmp_path, cluster):
     assert list(run_dir.glob(".trials.parquet.*.partial"))  # the new file was written, not renamed
     before = rows(run_dir)  # the old file is whole
     assert len(before) == 1
+    assert status_table(run_dir).startswith("torn (cpu scale): trials recorded 1 of 2")
+    assert runs_table(run_dir.parent).split()[:3] == ["torn", "1/2", "trials"]
     wait_until_released(cluster.address)
 
     run(study, cluster, tmp_path)

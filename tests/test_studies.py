@@ -9,7 +9,6 @@ import pytest
 
 from conftest import REPO
 from harness.study import load_study
-from harness.sweep import trial_count
 
 pytestmark = pytest.mark.slow
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))
@@ -34,7 +33,7 @@ def test_study_runs_at_smoke_scale_and_reports(path, ray_cluster, tmp_path):
                           timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     trials = pd.read_parquet(tmp_path / "runs" / study.name / "trials.parquet")
-    assert len(trials) == trial_count(study) and trials["trial_id"].is_unique
+    assert len(trials) == study.trial_count() and trials["trial_id"].is_unique
     assert (trials["status"] == "ok").all() and trials["eval_top1"].between(0, 1).all()
     for name in study.sweep.swept_names():
         assert name in trials.columns

@@ -186,7 +186,10 @@ def _read_list(list_file: Path, root: Path, split_name: str) -> pd.DataFrame:
             raise DataError(f"{list_file} line {number}: label {parts[-1]!r} is not an integer") from None
         if len(parts) < 2:
             raise DataError(f"{list_file} line {number}: expected `path label`")
-        rows.append((str(root / parts[0]), label, split_name))
+        if len(parts) == 3 and parts[1].isdigit():
+            raise DataError(f"{list_file} line {number}: `path frames label` is a list of frame folders; "
+                            "the harness decodes videos: list `video label`")
+        rows.append((str(root / " ".join(parts[:-1])), label, split_name))  # a path may hold spaces
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -104,6 +104,14 @@ def test_official_list_files_space_comma_header_and_data_root(tmp_path):
     (lists / "train.csv").write_text("a.mp4 3\nb.mp4 five\n")
     with pytest.raises(DataError, match="train.csv line 2: label 'five' is not an integer"):
         resolve_source(f"list:{lists / 'train.csv'}")
+    _tree(tmp_path / "videos", ["my clip.mp4"])  # a name with a space, in a space-separated list
+    (lists / "train.csv").write_text("my clip.mp4 4\n")
+    spaced = resolve_source(f"list:{lists / 'train.csv'}?root={tmp_path / 'videos'}")
+    assert spaced["path"].tolist() == [str(tmp_path / "videos" / "my clip.mp4")] and spaced["label"][0] == 4
+    check_files(spaced)
+    (lists / "train.csv").write_text("frames/a 120 3\n")  # VideoMAE's rawframe lists: folder, frame count, label
+    with pytest.raises(DataError, match="train.csv line 1: `path frames label` is a list of frame folders"):
+        resolve_source(f"list:{lists / 'train.csv'}")
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])

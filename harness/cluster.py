@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
+
+from .study import StudyError
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 AUTH_MODE_ENV, TOKEN_COMMAND = "RAY_AUTH_MODE", "`ray get-auth-token`"  # Ray's token authentication
@@ -34,10 +37,35 @@ def _not_tunes_resume_advice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(("Experiment has been interrupted", "Trials did not complete"))
 
 
+def check_address(address: str | None) -> None:
+    """Stop at once (StudyError) on a cluster address nothing answers at: Ray would retry an
+    unreachable GCS for ever, printing a warning every few seconds."""
+    named, address = _named(address), address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise StudyError(f"{named}: that is the dashboard's (jobs) address; give the cluster's address "
+                         f"(head:6379), or run the command as a job: ray job submit --address {address} -- harness run ...")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=10):
+            pass
+    except ValueError:
+        raise StudyError(f"{named}: expected host:port (the head node's GCS, e.g. head:6379) or auto") from None
+    except OSError as error:
+        reason = error.strerror or type(error).__name__.lower().replace("error", "")
+        raise StudyError(f"{named}: no Ray cluster answers there ({reason or 'timed out'})") from None
+
+
+def _named(address: str | None) -> str:
+    """How an error names the address: the option, or the variable it came from."""
+    return f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+
+
 def start_ray(address: str | None, verbose: bool = False) -> bool:
     """Join `address` (or RAY_ADDRESS), else start a local Ray with the dashboard on 127.0.0.1.
     Returns whether it joined a cluster (one that outlives this driver)."""
-    address = address or os.environ.get("RAY_ADDRESS")
+    named, address = _named(address), address or os.environ.get("RAY_ADDRESS")
     # The data settings the workers read (named here: harness.data imports torch, the driver does not).
     env = {k: os.environ[k] for k in ("VIDEOMAE_HARNESS_CACHE", "VIDEOMAE_HARNESS_DECODE_CACHE_MB") if k in os.environ}
     # Ray Train's controller polls its workers this often (default 2 s), and a stage's start
@@ -46,7 +74,14 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     quiet_ray_console(verbose)
     level = logging.INFO if verbose else logging.WARNING
     if address:
-        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose, logging_level=level)
+        check_address(address)
+        try:
+            context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose,
+                               logging_level=level)
+        except ConnectionError as error:  # "auto" with no Ray running here, or no GCS at host:port
+            hint = (" on this machine (`ray start --head` starts one; without --address the harness "
+                    "starts its own)") if address == "auto" else ""
+            raise StudyError(f"{named}: {str(error).split('. ')[0]}{hint}") from None
     else:
         # The dashboard must run: without it Train-inside-Tune leaks placement groups (notes/ray.md).
         # address="local": always a new instance, never a cluster that happens to run here.

@@ -19,7 +19,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .cluster import remove_leaked_placement_groups, start_ray
+from .cluster import check_address, remove_leaked_placement_groups, start_ray
 from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
                       remove_partial_writes, set_aside, settings_changed, upsert_rows)
 from .sources import DataError, check_files, resolve_source, split
@@ -287,6 +287,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     `source` (the study file) prefixes errors found once the cluster is known. `storage` (a path
     or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
+    check_address(address)  # before any data is made for a cluster that cannot be reached
     where = f"{source}: " if source else ""
     run_dir = Path(runs_root).absolute() / study.name
     storage = storage if restart else resumed_storage(run_dir, storage)

@@ -1,3 +1,5 @@
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,26 @@ def test_dry_run_plans_a_cluster_study_whose_data_is_not_on_this_machine(capsys)
     assert "note: sweep.points: pretrain.source: data path /data/k400 does not exist on this machine" in captured.err
     assert main(["run", str(study), "--scale", "paper"]) == 2
     assert "pretrain.source: data path /data/k400 does not exist" in capsys.readouterr().err
+
+
+def test_a_cluster_address_nothing_answers_at_stops_at_once(tmp_path, capsys, monkeypatch):
+    """Ray retries an unreachable cluster for ever; the harness stops with one line, exit 2,
+    before it makes any data or starts Ray."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    command = ["run", str(MASK_RATIO), "--scale", "smoke", "--runs", str(tmp_path / "runs")]
+    cases = [(["--address", closed], f"--address {closed}: no Ray cluster answers there (Connection refused)"),
+             (["--address", "http://head:8265"], "that is the dashboard's (jobs) address"),
+             (["--address", "head"], "--address head: expected host:port")]
+    for options, message in cases:
+        started = time.monotonic()
+        assert main(command + options) == 2
+        assert message in capsys.readouterr().err and time.monotonic() - started < 5
+    monkeypatch.setenv("RAY_ADDRESS", closed)
+    assert main(command) == 2
+    assert f"RAY_ADDRESS={closed}: no Ray cluster answers there" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "mask_ratio").exists()
 
 
 def test_resource_plan_fits_trials_to_the_cluster(tmp_path):

@@ -64,9 +64,14 @@ def _note_missing_paths(study) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
+    from .results import TRIALS_FILE
 
-    for run_dir in args.runs:
-        html = write_report(Path(run_dir), Path(args.out))
+    folders = []
+    for given in map(Path, args.runs):  # a runs folder stands for every study run in it
+        inside = sorted(p for p in given.glob("*") if (p / TRIALS_FILE).is_file())
+        folders += inside if inside and not (given / TRIALS_FILE).exists() else [given]
+    for run_dir in folders:
+        html = write_report(run_dir, Path(args.out))
         print(f"wrote {html} and {html.with_suffix('.md')}")
     return 0
 
@@ -136,7 +141,8 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     report = commands.add_parser("report", help="write reports/<study>.html and .md from a run folder")
-    report.add_argument("runs", nargs="+", help="run folders, e.g. runs/mask_ratio")
+    report.add_argument("runs", nargs="+",
+                        help="run folders, e.g. runs/mask_ratio, or a runs folder for all of its studies")
     report.add_argument("--out", default="reports", help="output folder (default: ./reports)")
     report.set_defaults(handler=_report)
 

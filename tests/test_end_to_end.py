@@ -93,8 +93,9 @@ def test_a_changed_study_is_refused_until_restart_sets_the_earlier_run_aside(smo
     assert f"the earlier run of mask_ratio is kept in {aside[0]}" in restarted.stdout
     assert pd.read_parquet(aside[0] / "trials.parquet").equals(before)
     assert pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet")["pretrain.mask.ratio"].tolist() == [0.6]
-    both = harness("report", str(aside[0]), str(tmp_path / "runs" / "mask_ratio"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    both = harness("report", "runs", "--out", str(tmp_path / "out"), cwd=tmp_path)  # a runs folder: all its runs
     assert both.returncode == 0, both.stderr[-3000:]
+    assert both.stdout.count("wrote ") == 2
     # Each run gets its own report (the earlier one once overwrote the current one: same study name)
     current, earlier = ((tmp_path / "out" / f"{name}.md").read_text() for name in ("mask_ratio", aside[0].name))
     assert "| 0.6 |" in current and "| 0.6 |" not in earlier and "| 0.5 |" in earlier

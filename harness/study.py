@@ -171,6 +171,14 @@ class EarlyStoppingSpec(Strict):
     reduction_factor: float = Field(2.0, gt=1)   # keep the best 1/reduction_factor at each rung
 
 
+def repeated(values: list) -> tuple[int, int] | None:
+    """(first, again): the indices of the first value that `values` holds twice; None if none."""
+    for again, value in enumerate(values):
+        if value in values[:again]:
+            return values.index(value), again
+    return None
+
+
 class SweepSpec(Strict):
     """grid: every combination of the listed values, crossed with each of `points` (explicit
     configurations, e.g. a scratch baseline, or a data source with its own clip count), x seeds.
@@ -196,6 +204,13 @@ class SweepSpec(Strict):
             shared = set(point) & set(self.parameters)
             if shared:
                 raise ValueError(f"points: {sorted(shared)[0]} is also a swept parameter")
+        # A repeated configuration is the same trial run again: wasted time, and a report that
+        # counts it as another sample (n grows, the spread shrinks to nothing)
+        for name, values in self.parameters.items():
+            if isinstance(values, list) and (twice := repeated(values)):
+                raise ValueError(f"parameters.{name}: {values[twice[0]]!r} is listed twice")
+        if twice := repeated(self.points):
+            raise ValueError(f"points[{twice[1]}]: the same configuration as points[{twice[0]}]")
         return self
 
     def grid_points(self) -> list[dict[str, Any]]:
@@ -243,6 +258,13 @@ class Study(Experiment):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seeds: list[int] = Field([0], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_once(cls, seeds: list[int]) -> list[int]:
+        if twice := repeated(seeds):  # the same trials again, counted as more samples
+            raise ValueError(f"seed {seeds[twice[0]]} is listed twice")
+        return seeds
     sweep: SweepSpec = SweepSpec()
     resources: ResourcesSpec = ResourcesSpec()
     scale: str = DEFAULT_SCALE

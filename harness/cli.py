@@ -102,7 +102,7 @@ def _synth(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .study import SynthSpec, first_error
-    from .synth import DOMAINS, SynthParams, generate
+    from .synth import DOMAINS, PARAMS_FILE, SynthParams, generate
 
     if args.domain not in DOMAINS:
         raise StudyError(f"data synth: unknown domain {args.domain!r}; choose from {list(DOMAINS)}")
@@ -116,8 +116,11 @@ def _synth(args: argparse.Namespace) -> int:
     for option, value, least in (("--frames", args.frames, 1), ("--size", args.size, 8)):
         if value < least:
             raise StudyError(f"data synth: {option}: must be at least {least}, not {value}")
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not (out / PARAMS_FILE).exists():  # not a domain made here
+        raise StudyError(f"data synth: --out {out}: holds other files; give a new or empty folder")
     params = SynthParams(domain=args.domain, frames=args.frames, size=args.size, **spec.model_dump())
-    manifest = generate(params, Path(args.out), progress=_progress)
+    manifest = generate(params, out, progress=_progress)
     print(f"wrote {manifest}")
     return 0
 

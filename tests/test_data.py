@@ -220,6 +220,32 @@ def test_harness_data_synth_writes_a_domain_with_its_manifest(tmp_path, capsys):
     assert "unknown domain 'weather'" in capsys.readouterr().err
 
 
+def test_a_domain_written_over_another_replaces_it_whole(tmp_path, capsys):
+    """The earlier domain's manifest goes before any clip is rewritten, so an interrupted rewrite
+    leaves no manifest over a mix of clips; clips the smaller domain lacks are removed."""
+    small = ["--size", "16", "--frames", "2", "--out", str(tmp_path)]
+    assert main(["data", "synth", "motion", "--clips", "5", "--val-clips", "2", *small]) == 0
+
+    def interrupt(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        generate(SynthParams(domain="appearance", train_clips=3, val_clips=1, frames=2, size=16), tmp_path,
+                 workers=1, progress=interrupt)
+    assert not (tmp_path / "manifest.csv").exists()
+    assert main(["data", "synth", "appearance", "--clips", "3", "--val-clips", "1", *small]) == 0
+    manifest = pd.read_csv(tmp_path / "manifest.csv")
+    on_disk = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.mp4"))
+    assert on_disk == sorted(manifest["path"]) == ["train/000000.mp4", "train/000001.mp4", "train/000002.mp4",
+                                                   "val/000000.mp4"]
+    theirs = tmp_path / "theirs"  # a folder of the user's own files is not written into
+    (theirs / "train").mkdir(parents=True)
+    (theirs / "train" / "000000.mp4").write_bytes(b"their video")
+    assert main(["data", "synth", "motion", "--clips", "2", "--out", str(theirs)]) == 2
+    assert "--out " + str(theirs) + ": holds other files" in capsys.readouterr().err
+    assert (theirs / "train" / "000000.mp4").read_bytes() == b"their video"
+
+
 @pytest.mark.parametrize("option, message", [
     (["--clips", "0"], "--clips: Input should be greater than or equal to 1"),
     (["--speed", "1", "0.5"], "--speed: must be [min, max]"),

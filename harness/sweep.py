@@ -162,7 +162,7 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         label, stage = _label(trial.config), result.get("stage")
         self.latest[trial.trial_id] = result
-        if stage in ("pretrain", "finetune"):
+        if stage in ("pretrain", "finetune") and shown_epoch(result["epoch"], result["total_epochs"]):
             print(f"  [{label}] {stage} epoch {result['epoch']}/{result['total_epochs']}"
                   f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)
         elif stage == "done":
@@ -272,6 +272,12 @@ def swept_columns(study: Study, config: dict) -> dict[str, Any]:
     scratch = experiment.pretrain.method == "scratch"
     return {name: None if scratch and name.startswith("pretrain.") and name != "pretrain.method"
             else get_path(settings, name) for name in study.sweep.swept_names()}
+
+
+def shown_epoch(epoch: int, total: int, lines: int = 20) -> bool:
+    """Whether the console shows this epoch: all of up to 50, else about `lines` per stage (800
+    epochs at paper scale would be 800 lines a trial; the epochs table keeps every one)."""
+    return total <= 50 or epoch in (1, total) or epoch % math.ceil(total / lines) == 0
 
 
 def environment() -> dict[str, Any]:

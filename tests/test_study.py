@@ -6,7 +6,7 @@ import pytest
 
 from harness.cli import main
 from harness.study import StudyError, load_study
-from harness.sweep import resource_plan, trial_points
+from harness.sweep import resource_plan, shown_epoch, trial_points
 from harness.trial import pretrain_key, shares_pretraining
 
 from conftest import REPO
@@ -103,6 +103,14 @@ def test_a_cluster_address_nothing_answers_at_stops_at_once(tmp_path, capsys, mo
     assert main(command) == 2
     assert f"RAY_ADDRESS={closed}: no Ray cluster answers there" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "mask_ratio").exists()
+
+
+def test_the_console_shows_every_epoch_of_short_stages_and_about_twenty_of_long_ones():
+    assert all(shown_epoch(epoch, 30) for epoch in range(1, 31))
+    paper = [epoch for epoch in range(1, 801) if shown_epoch(epoch, 800)]
+    assert paper[:3] == [1, 40, 80] and paper[-1] == 800 and len(paper) == 21
+    assert [epoch for epoch in range(1, 52) if shown_epoch(epoch, 51)] == [1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30,
+                                                                            33, 36, 39, 42, 45, 48, 51]
 
 
 def test_resource_plan_fits_trials_to_the_cluster(tmp_path):

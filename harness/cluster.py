@@ -45,7 +45,8 @@ def check_address(address: str | None) -> None:
         return
     if address.startswith(("http://", "https://")):
         raise StudyError(f"{named}: that is the dashboard's (jobs) address; give the cluster's address "
-                         f"(head:6379), or run the command as a job: ray job submit --address {address} -- harness run ...")
+                         f"(head:6379), or run the command as a job: "
+                         f"ray job submit --address {address} -- harness run ...")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=10):

@@ -105,6 +105,8 @@ def set_aside(run_dir: str | Path) -> Path | None:
 def read_trials(run_dir: str | Path) -> pd.DataFrame:
     """The trials table of a study's run folder."""
     path = Path(run_dir) / TRIALS_FILE
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder (`harness ls RUNS` lists the studies run there)")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results yet (run the study first)")
     return pd.read_parquet(path)

@@ -105,3 +105,11 @@ def test_report_and_status_of_a_study_whose_trials_all_failed(tmp_path, capsys):
     assert page.count("No trial has finished.") == 2 and "bad video v2.mp4" in page
     assert main(["status", str(run_dir)]) == 0
     assert capsys.readouterr().out.endswith("trials recorded 3 (3 failed)\nno trial has finished yet\n")
+    for command in ("status", "report"):  # a mistyped run folder
+        mistyped = run_dir.parent / "mask_ratioo"
+        assert main([command, str(mistyped)]) == 2
+        assert capsys.readouterr().err == (f"harness: {mistyped}: no such run folder "
+                                           "(`harness ls RUNS` lists the studies run there)\n")
+    (run_dir.parent / "loss").mkdir()  # a study started, nothing recorded or planned yet
+    assert main(["status", str(run_dir.parent / "loss")]) == 2
+    assert "loss/trials.parquet: no results yet" in capsys.readouterr().err

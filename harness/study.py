@@ -349,6 +349,7 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     except ValidationError as error:
         raise StudyError(first_error(error, f"{path}: ")) from None
     _check_sweep(study, path)
+    _check_batches(study, path)
     for read in data_sources(study):
         problem = check_source(read.source, check_paths)
         if problem:
@@ -369,6 +370,22 @@ def _check_sweep(study: Study, path: Path) -> None:
             _check_point(study, path, f"sweep.parameters.{name}", {name: value})
     for index, point in enumerate(study.sweep.points):
         _check_point(study, path, f"sweep.points[{index}]", point)
+
+
+def _check_batches(study: Study, path: Path) -> None:
+    """A global batch must split evenly over a trial's workers: 32 over 3 would train on 30 a step
+    while the rows say 32."""
+    workers, sweep = study.resources.workers_per_trial, study.sweep
+    points = sweep.grid_points() if sweep.method == "grid" else [{}]
+    points += [{name: value} for name, values in sweep.parameters.items() if isinstance(values, list)
+               for value in values]
+    for point in points:
+        experiment = study.experiment(point)
+        for name in ("pretrain.batch_size", "evaluate.finetune.batch_size"):
+            batch = get_path(experiment.model_dump(), name)
+            if batch % workers:
+                raise StudyError(f"{path}: {_where(sweep, name, point)}: a batch of {batch} does not split "
+                                 f"evenly over resources.workers_per_trial ({workers})")
 
 
 def _check_point(study: Study, path: Path, field: str, point: dict[str, Any]) -> None:

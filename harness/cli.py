@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
 
     run_dir, failed, unfinished = run_study(study, args.runs, address=args.address, restart=args.restart,
                                             verbose=args.verbose, source=args.study, storage=args.storage)
-    print(f"report: harness report {run_dir}")
+    print(f"report: harness report {shlex.quote(str(run_dir))}")  # a line to paste, spaces and all
     if unfinished:
         print(f"interrupted: {unfinished} trial(s) did not finish; run the same command again to resume",
               file=sys.stderr)

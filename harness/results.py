@@ -1,6 +1,7 @@
 """Result rows -> Parquet, one row per trial, appended by atomic replace (temp file + rename)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -8,7 +9,9 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -44,6 +47,28 @@ def check_storage(runs_root: str | Path, min_free: int = MIN_FREE_BYTES) -> None
     if free < min_free:
         raise StorageError(f"--runs {target}: only {free / 2 ** 20:.0f} MiB free on its disk "
                            f"(a study needs at least {min_free / 2 ** 20:.0f} MiB for checkpoints and results)")
+
+
+@contextmanager
+def run_lock(runs_root: str | Path, name: str) -> Iterator[None]:
+    """Hold study `name`'s run folder for one `harness run` at a time: a second one ran every
+    trial again, writing the same Tune state and checkpoints as the first. The lock (runs/.<name>.lock) is the kernel's,
+    so a driver killed with kill -9 leaves none behind."""
+    path = Path(runs_root) / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise StorageError(f"{Path(runs_root) / name}: another harness run (pid {holder}) is running this "
+                               "study; wait for it to end, or give --runs another folder") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
 
 
 def upsert_rows(path: str | Path, rows: list[dict], key: str = "trial_id") -> pd.DataFrame:

@@ -21,7 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .cluster import check_address, remove_leaked_placement_groups, start_ray
 from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
-                      remove_partial_writes, set_aside, settings_changed, upsert_rows)
+                      remove_partial_writes, run_lock, set_aside, settings_changed, upsert_rows)
 from .sources import DataError, check_files, resolve_source, split
 from .storage import Storage, remember_storage, resumed_storage
 from .study import DataRead, Study, StudyError, data_sources, get_path
@@ -294,6 +294,12 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
     check_address(address)  # before any data is made for a cluster that cannot be reached
+    with run_lock(Path(runs_root).absolute(), study.name):
+        return _run_study(study, runs_root, address, restart, verbose, source, storage)
+
+
+def _run_study(study: Study, runs_root: str | Path, address: str | None, restart: bool, verbose: bool,
+               source: str, storage: str | None) -> tuple[Path, int, int]:
     where = f"{source}: " if source else ""
     run_dir = Path(runs_root).absolute() / study.name
     storage = storage if restart else resumed_storage(run_dir, storage)

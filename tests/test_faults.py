@@ -185,6 +185,25 @@ def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluste
     assert (after.loc[sorted(interrupted), "resumed_from_epoch"] >= 1).all()
 
 
+def test_a_second_run_of_a_running_study_is_refused(tmp_path, cluster):
+    """The same command in a second terminal ran every trial again over the first one's Tune
+    state and checkpoints; it stops with one line. Once the first run ends, the folder is free."""
+    sections, _ = PHASES["pretraining"]
+    study = write_study(tmp_path, "twice", **sections)
+    run_dir = tmp_path / "runs" / "twice"
+    first = start(study, cluster, tmp_path)
+    wait_for(lambda: unfinished_with_checkpoint(run_dir, "pretrain"), first)
+    code, output = finish(start(study, cluster, tmp_path), timeout=120)
+    assert code == 2, output[-3000:]
+    assert output.strip().endswith(f"harness: {run_dir}: another harness run (pid {first.pid}) is running this "
+                                   "study; wait for it to end, or give --runs another folder")
+    code, output = finish(first)
+    assert code == 0, output[-5000:]
+    check_complete(run_dir, pd.DataFrame({"trial_id": [], "finished_at": []}), 2, 16)
+    assert "resuming" in run(study, cluster, tmp_path)  # the lock went with the first run
+    assert len(rows(run_dir)) == 2
+
+
 def test_driver_killed_while_replacing_the_results_file(tmp_path, cluster):
     """The driver dies between writing the new trials.parquet and renaming it over the old one."""
     study = write_study(tmp_path, "torn", sweep={"parameters": {"pretrain.mask.ratio": [0.75, 0.9]}},

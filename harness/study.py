@@ -38,6 +38,11 @@ class ModelSpec(Strict):
     def build(self) -> ModelConfig:
         return model_config(self.preset, **self.overrides)
 
+    @model_validator(mode="after")
+    def _builds(self) -> "ModelSpec":
+        self.build()  # ValueError naming the preset or field: "model: depth must be a whole number..."
+        return self
+
 
 class SynthSpec(Strict):
     """How synthetic sources (`synth:<domain>`) are generated; frames and size follow the model."""
@@ -238,14 +243,6 @@ class Experiment(Strict):
     # autocast dtype of the model's matmuls; auto: bf16 where it is fast (AMX CPUs, GPUs), else fp32
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     on_error: Literal["skip", "raise"] = "skip"  # bad videos: skip (logged, counted) or stop
-
-    @model_validator(mode="after")
-    def _valid_model(self) -> "Experiment":
-        try:
-            self.model.build()
-        except ValueError as error:
-            raise ValueError(f"model: {error}") from None
-        return self
 
     def synth_params(self) -> SynthParams:
         """Generation parameters for `synth:` sources; frames and size follow the model."""

@@ -41,6 +41,14 @@ class ModelConfig:
         return self.in_chans * self.tubelet_size * self.patch_size**2
 
     def validate(self) -> None:
+        for field in fields(self):  # sizes and counts are whole numbers >= 1; ratios are numbers
+            value, whole = getattr(self, field.name), isinstance(field.default, int)
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                raise ValueError(f"{field.name} must be {'a whole number' if whole else 'a number'}, not {value!r}")
+            if value < (1 if whole else 0) or (field.name in ("mlp_ratio", "norm_eps") and value == 0):
+                raise ValueError(f"{field.name} must be {'at least 1' if whole else 'above 0'}, not {value!r}")
+        if self.drop_path >= 1:
+            raise ValueError(f"drop_path must be below 1, not {self.drop_path}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.num_frames % self.tubelet_size:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.choices import LOSS_NAMES, STRATEGIES
+from models.choices import LOSS_NAMES, STRATEGIES, masked_count
 from models.presets import ModelConfig, model_config
 
 from .sources import check_source
@@ -244,6 +244,20 @@ class Experiment(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     on_error: Literal["skip", "raise"] = "skip"  # bad videos: skip (logged, counted) or stop
 
+    @model_validator(mode="after")
+    def _mask_fits_the_grid(self) -> "Experiment":
+        """Checked here, not in the trial: a mask of no token gives a loss over nothing (NaN)."""
+        (slots, rows, cols), mask = self.model.build().grid, self.pretrain.mask
+        cells = [field for field, used in (("pretrain.mask", mask.strategy == "running_cell"),
+                                           ("pretrain.decoder_mask", self.pretrain.decoder_mask is not None)) if used]
+        if cells and (rows % 2 or cols % 2):
+            raise ValueError(f"{cells[0]}: running-cell masking needs an even token grid, not {rows}x{cols}")
+        masked, total = masked_count(mask.strategy, (slots, rows, cols), mask.ratio), slots * rows * cols
+        if not 0 < masked < total:
+            raise ValueError(f"pretrain.mask: {mask.strategy} masking at ratio {mask.ratio} masks {masked} of the "
+                             f"{total} tokens of a {slots}x{rows}x{cols} grid; it must mask some and leave some")
+        return self
+
     def synth_params(self) -> SynthParams:
         """Generation parameters for `synth:` sources; frames and size follow the model."""
         config = self.model.build()
@@ -305,10 +319,12 @@ def first_error(error: ValidationError, prefix: str = "") -> str:
     matching = [e for e in errors if e["type"] not in ("list_type", "model_type", "dict_type")]
     detail = (matching or errors)[0]
     where = ".".join(str(part) for part in detail["loc"]
-                     if not (isinstance(part, str) and ("[" in part or part[:1].isupper()))) or "(top level)"
+                     if not (isinstance(part, str) and ("[" in part or part[:1].isupper())))
     message = detail["msg"].removeprefix("Value error, ")
     if detail["type"] == "extra_forbidden":
         message = "unknown key"
+    if not where:  # a check across sections, whose message names its field
+        return f"{prefix}{message}"
     return f"{prefix}{where}: {message}"
 
 

@@ -4,7 +4,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from models import decoder_mask, make_mask
-from models.choices import LOSS_NAMES, STRATEGIES
+from models.choices import LOSS_NAMES, STRATEGIES, masked_count
 from models.losses import LOSSES
 from models.masking import GENERATORS
 
@@ -35,6 +35,7 @@ def test_exact_count_in_every_sample_and_determinism(strategy, batch, grid, rati
     mask = make_mask(strategy, batch, grid, ratio, torch.Generator().manual_seed(seed))
     assert mask.dtype == torch.bool and mask.shape == (batch, grid[0] * grid[1] * grid[2])
     assert (mask.sum(1) == expected_count(strategy, grid, ratio)).all()
+    assert masked_count(strategy, grid, ratio) == expected_count(strategy, grid, ratio)  # what studies are checked by
     again = make_mask(strategy, batch, grid, ratio, torch.Generator().manual_seed(seed))
     assert torch.equal(mask, again)
 

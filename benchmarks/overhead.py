@@ -28,7 +28,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from harness.study import load_study  # noqa: E402
+from harness.study_file import load_study  # noqa: E402
 from harness.sweep import prepare_data, trial_points  # noqa: E402
 
 

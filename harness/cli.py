@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .results import StorageError
 from .sources import DataError
-from .study import DEFAULT_SCALE, SCALES, StudyError, load_study
+from .study import DEFAULT_SCALE, SCALES, StudyError
+from .study_file import load_study
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sources(study, stage: str) -> str:
     """The sources a stage reads across the trials (a sweep may set them), in first-use order."""
-    from .study import data_sources
+    from .study_file import data_sources
 
     sources = [read.source for read in data_sources(study) if read.stage == stage
                and (stage == "evaluate" or read.experiment.pretrain.method != "scratch")]
@@ -55,7 +56,7 @@ def _sources(study, stage: str) -> str:
 def _note_missing_paths(study) -> None:
     """A dry run may be planning for a cluster, where the data lives: name what is missing here."""
     from .sources import missing_path
-    from .study import data_sources
+    from .study_file import data_sources
 
     missing = {(read.field, missing_path(read.source)) for read in data_sources(study)}
     for field, path in sorted((field, path) for field, path in missing if path):
@@ -102,7 +103,8 @@ def _progress(done: int, total: int) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .study import SynthSpec, first_error
+    from .study import SynthSpec
+    from .study_file import first_error
     from .synth import DOMAINS, PARAMS_FILE, SynthParams, generate
 
     if args.domain not in DOMAINS:

@@ -1,22 +1,15 @@
-"""Study files: YAML (safe_load only) -> one validated, typed Study. One place per concept.
-
-A study's top-level values are its `cpu` scale; `scales.<name>` holds dotted-path overrides
-(e.g. `pretrain.epochs: 2`) applied before validation when `--scale <name>` is chosen.
-"""
+"""What a study is: the typed, validated settings of its trials, its sweep and its resources.
+One place per concept; `study_file.py` reads a YAML file into a Study."""
 from __future__ import annotations
 
-import copy
 import itertools
-from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.choices import LOSS_NAMES, STRATEGIES, masked_count
 from models.presets import ModelConfig, model_config
 
-from .sources import check_source
 from .synth import SynthParams
 
 SCALES = ("smoke", "cpu", "paper")
@@ -310,138 +303,3 @@ def get_path(tree: dict, path: str) -> Any:
             return None
         tree = tree[key]
     return tree
-
-
-def first_error(error: ValidationError, prefix: str = "") -> str:
-    errors = error.errors()
-    # A union (a list of values or a range) reports one error per branch: keep the branch that
-    # matches the input's shape, and drop the branch tags from the location.
-    matching = [e for e in errors if e["type"] not in ("list_type", "model_type", "dict_type")]
-    detail = (matching or errors)[0]
-    where = ".".join(str(part) for part in detail["loc"]
-                     if not (isinstance(part, str) and ("[" in part or part[:1].isupper())))
-    message = detail["msg"].removeprefix("Value error, ")
-    if detail["type"] == "extra_forbidden":
-        message = "unknown key"
-    if not where:  # a check across sections, whose message names its field
-        return f"{prefix}{message}"
-    return f"{prefix}{where}: {message}"
-
-
-def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool = True) -> Study:
-    """Read and validate a study file; raise StudyError with one line naming file and field.
-    `check_paths=False` leaves out whether the data paths exist here (a dry run for a cluster)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise StudyError(f"{path}: cannot read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise StudyError(f"{path}: malformed YAML{where}: {problem}") from None
-    if not isinstance(raw, dict):
-        raise StudyError(f"{path}: a study file must be a mapping of keys to values")
-    raw = copy.deepcopy(raw)
-    scales = raw.pop("scales", {}) or {}
-    if not isinstance(scales, dict) or set(scales) - set(SCALES):
-        raise StudyError(f"{path}: scales: must map some of {list(SCALES)} to overrides")
-    if scale not in SCALES:
-        raise StudyError(f"{path}: --scale: unknown scale {scale!r}; choose from {list(SCALES)}")
-    if scale != DEFAULT_SCALE and scale not in scales:
-        raise StudyError(f"{path}: scales.{scale}: this study does not define the {scale!r} scale")
-    for key, value in (scales.get(scale) or {}).items():
-        try:
-            set_path(raw, key, value)
-        except KeyError:
-            raise StudyError(f"{path}: scales.{scale}.{key}: not a settable field") from None
-    raw["scale"] = scale
-    try:
-        study = Study.model_validate(raw)
-    except ValidationError as error:
-        raise StudyError(first_error(error, f"{path}: ")) from None
-    _check_sweep(study, path)
-    _check_batches(study, path)
-    for read in data_sources(study):
-        problem = check_source(read.source, check_paths)
-        if problem:
-            raise StudyError(f"{path}: {read.field}: {problem}")
-    return study
-
-
-def _check_sweep(study: Study, path: Path) -> None:
-    if study.sweep.method == "optuna" and len(study.seeds) > 1:  # the others would be left out unsaid
-        raise StudyError(f"{path}: seeds: an optuna sweep runs its trials on one seed; list one "
-                         "(a grid sweep repeats each point over the seeds)")
-    for name, values in study.sweep.parameters.items():
-        if isinstance(values, Distribution):
-            values = [int(values.low), int(values.high)] if values.type == "int" else [values.low, values.high]
-        if not values:
-            raise StudyError(f"{path}: sweep.parameters.{name}: needs at least one value")
-        for value in values:
-            _check_point(study, path, f"sweep.parameters.{name}", {name: value})
-    for index, point in enumerate(study.sweep.points):
-        _check_point(study, path, f"sweep.points[{index}]", point)
-
-
-def _check_batches(study: Study, path: Path) -> None:
-    """A global batch must split evenly over a trial's workers: 32 over 3 would train on 30 a step
-    while the rows say 32."""
-    workers, sweep = study.resources.workers_per_trial, study.sweep
-    points = sweep.grid_points() if sweep.method == "grid" else [{}]
-    points += [{name: value} for name, values in sweep.parameters.items() if isinstance(values, list)
-               for value in values]
-    for point in points:
-        experiment = study.experiment(point)
-        for name in ("pretrain.batch_size", "evaluate.finetune.batch_size"):
-            batch = get_path(experiment.model_dump(), name)
-            if batch % workers:
-                raise StudyError(f"{path}: {_where(sweep, name, point)}: a batch of {batch} does not split "
-                                 f"evenly over resources.workers_per_trial ({workers})")
-
-
-def _check_point(study: Study, path: Path, field: str, point: dict[str, Any]) -> None:
-    try:
-        study.experiment(point)
-    except (ValidationError, KeyError) as error:
-        detail = first_error(error) if isinstance(error, ValidationError) else f"{error.args[0]}: not a field"
-        value = f" value {next(iter(point.values()))!r}" if len(point) == 1 else ""
-        raise StudyError(f"{path}: {field}:{value}: {detail}") from None
-
-
-class DataRead(NamedTuple):
-    """A stage of some trial reading a data source, and the fields a problem with it names."""
-    stage: str             # pretrain | evaluate
-    source: str
-    experiment: Experiment  # its synth settings make the source; its clip counts ask for a subset
-    field: str             # where the study file names the source
-    clips_field: str       # where it asks for a subset of the train split
-
-
-SUBSET_FIELD = {"pretrain": "pretrain.clips", "evaluate": "evaluate.train_clips"}  # a stage's train subset
-
-
-def _where(sweep: SweepSpec, name: str, point: dict[str, Any]) -> str:
-    """How an error points at a dotted field: where the study file set it for this point."""
-    if name in sweep.parameters:
-        return f"sweep.parameters.{name}"
-    return f"sweep.points: {name}" if name in point else name
-
-
-def data_sources(study: Study) -> list[DataRead]:
-    """Every data source the study can use (swept ones and each grid point's included), with the
-    stage and the experiment that read it."""
-    found, sweep = [], study.sweep
-    points = sweep.grid_points() if sweep.method == "grid" else [{}]
-    for point in points:
-        experiment = study.experiment(point)
-        for stage, clips in SUBSET_FIELD.items():
-            found.append(DataRead(stage, getattr(experiment, stage).source, experiment,
-                                  _where(sweep, f"{stage}.source", point), _where(sweep, clips, point)))
-    for name, values in sweep.parameters.items():
-        if sweep.method == "optuna" and name in ("pretrain.source", "evaluate.source") and isinstance(values, list):
-            stage = name.split(".")[0]
-            found += [DataRead(stage, value, study.experiment({name: value}), f"sweep.parameters.{name}",
-                               _where(sweep, SUBSET_FIELD[stage], {})) for value in values]
-    return found

@@ -24,7 +24,8 @@ from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, chec
                       remove_partial_writes, run_lock, set_aside, settings_changed, upsert_rows)
 from .sources import DataError, check_files, resolve_source, split
 from .storage import Storage, remember_storage, resumed_storage
-from .study import DataRead, Study, StudyError, data_sources, get_path
+from .study import Study, StudyError, get_path
+from .study_file import DataRead, data_sources
 from .trial import (POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, sweep_point,
                     trial_resources)
 

@@ -6,7 +6,7 @@ import pyarrow.dataset as ds
 from harness.figures import parameter_figure, summarize
 from harness.gallery import declared_point
 from harness.results import code_commit, upsert_rows
-from harness.study import load_study
+from harness.study_file import load_study
 from models import VideoMAE
 from conftest import REPO
 

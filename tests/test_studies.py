@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from harness.study import load_study
+from harness.study_file import load_study
 
 pytestmark = pytest.mark.slow
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.study import StudyError, load_study
+from harness.study import StudyError
+from harness.study_file import load_study
 from harness.sweep import resource_plan, shown_epoch, trial_points
 from harness.trial import pretrain_key, shares_pretraining
 
@@ -136,7 +137,7 @@ sweep:
     assert len(points) == 3 * 2 * 2
     assert points[0] == {"pretrain.method": "scratch", "evaluate.source": "synth:motion", "seed": 0}
     assert study.sweep.swept_names() == ["evaluate.source", "pretrain.method", "pretrain.clips"]
-    from harness.study import data_sources
+    from harness.study_file import data_sources
     assert {read.source for read in data_sources(study)} == {"synth:motion", "synth:appearance"}
 
 

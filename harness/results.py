@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -50,20 +51,23 @@ def check_storage(runs_root: str | Path, min_free: int = MIN_FREE_BYTES) -> None
 
 
 @contextmanager
-def run_lock(runs_root: str | Path, name: str) -> Iterator[None]:
-    """Hold study `name`'s run folder for one `harness run` at a time: a second one ran every
-    trial again, writing the same Tune state and checkpoints as the first. The lock (runs/.<name>.lock) is the kernel's,
-    so a driver killed with kill -9 leaves none behind."""
-    path = Path(runs_root) / f".{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold a run folder for one `harness run` at a time: a second one ran every trial again,
+    writing the same Tune state and checkpoints as the first. The lock is the kernel's, on a file
+    named after the folder in the temp folder (nothing is written under --runs before the
+    checks pass), so a driver killed with kill -9 leaves none behind."""
+    run_dir = Path(run_dir).absolute()
+    folder = Path(tempfile.gettempdir()) / f"videomae-harness-locks-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]}.lock"
     with open(path, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "?"
-            raise StorageError(f"{Path(runs_root) / name}: another harness run (pid {holder}) is running this "
-                               "study; wait for it to end, or give --runs another folder") from None
+            raise StorageError(f"{run_dir}: another harness run (pid {holder}) is running this study; "
+                               "wait for it to end, or give --runs another folder") from None
         lock.seek(0)
         lock.truncate()
         lock.write(str(os.getpid()))

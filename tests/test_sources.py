@@ -133,6 +133,7 @@ def test_csv_and_parquet_manifests_with_class_names(tmp_path, suffix):
 def test_check_source_messages(tmp_path):
     assert check_source("synth:scenes") is None
     assert "does not exist" in check_source("folder:/no/such/dir")
+    assert "synth:motion?clips=5: a synthetic source takes no options" in check_source("synth:motion?clips=5")
     assert "does not exist" in check_source(f"list:{tmp_path}?root=/no/such/root")
     assert "unknown synthetic domain" in check_source("synth:weather")
     assert "unknown data source" in check_source("youtube:abc")

@@ -200,11 +200,18 @@ def _table_manifest(location: Path, root: Path) -> pd.DataFrame:
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise DataError(f"manifest {location} lacks column(s) {sorted(missing)}; needs path, label[, split]")
+    for column in ("path", "label"):
+        empty = table.index[table[column].isna()]
+        if len(empty):  # a CSV's line (the header is line 1), or a Parquet table's row from 1
+            where = f"row {empty[0] + 1}" if location.suffix.lower() == ".parquet" else f"line {empty[0] + 2}"
+            raise DataError(f"manifest {location} {where}: no {column}")
     split_column = table["split"].astype(str) if "split" in table else pd.Series(["train"] * len(table))
     unknown = sorted(set(split_column) - set(SPLITS))
     if unknown:
         raise DataError(f"manifest {location}: unknown split {unknown[0]!r}; use {list(SPLITS)}")
     labels = table["label"]
+    if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
+        labels = labels.astype(int)  # 3.0: a number column that once held a gap
     if not pd.api.types.is_integer_dtype(labels):
         names = sorted(labels.astype(str).unique())
         labels = labels.astype(str).map({name: i for i, name in enumerate(names)})

@@ -128,6 +128,16 @@ def test_csv_and_parquet_manifests_with_class_names(tmp_path, suffix):
     table.drop(columns="label").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError, match=r"lacks column\(s\) \['label'\]"):
         resolve_source(f"manifest:{tmp_path / 'bad.csv'}")
+    numbered = table.assign(label=[2.0, 0.0, 2.0])  # a number column that once held a gap reads as floats
+    numbered.to_csv(file, index=False) if suffix == "csv" else numbered.to_parquet(file)
+    assert resolve_source(f"manifest:{file}")["label"].tolist() == [2, 0, 2]
+    csv = suffix == "csv"
+    for column, row, where in (("label", 1, "line 3" if csv else "row 2"), ("path", 2, "line 4" if csv else "row 3")):
+        gap = table.copy()
+        gap.loc[row, column] = None
+        gap.to_csv(file, index=False) if suffix == "csv" else gap.to_parquet(file)
+        with pytest.raises(DataError, match=f"manifest {file} {where}: no {column}$"):
+            resolve_source(f"manifest:{file}")
 
 
 def test_check_source_messages(tmp_path):

@@ -98,9 +98,12 @@ def resolve_source(source: str, synth: SynthParams | None = None,
         return table
     if scheme == "folder":
         return _folder_manifest(path, int(options.get("split", 1)))
-    if scheme == "list":
-        return _list_manifest(path, Path(root) if root else None)
-    return _table_manifest(path, Path(root) if root else path.parent)
+    table = _list_manifest(path, Path(root) if root else None) if scheme == "list" else \
+        _table_manifest(path, Path(root) if root else path.parent)
+    if (table["label"] < 0).any():  # a head has no class -1: the trial would fail in its first step
+        raise DataError(f"{source}: label {table['label'].min()} of {table['path'][table['label'].idxmin()]} "
+                        "is negative; labels count from 0")
+    return table
 
 
 def _folder_manifest(root: Path, split_number: int = 1) -> pd.DataFrame:

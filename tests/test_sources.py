@@ -101,6 +101,9 @@ def test_official_list_files_space_comma_header_and_data_root(tmp_path):
     check_files(both)
     relative = resolve_source(f"list:{lists / 'train.csv'}")  # no root: relative to the list's folder
     assert relative["path"][0] == str(lists / "a.mp4")
+    (lists / "train.csv").write_text("a.mp4 3\nb.mp4 -1\n")
+    with pytest.raises(DataError, match=r"train.csv: label -1 of .*b.mp4 is negative; labels count from 0$"):
+        resolve_source(f"list:{lists / 'train.csv'}")
     (lists / "train.csv").write_text("a.mp4 3\nb.mp4 five\n")
     with pytest.raises(DataError, match="train.csv line 2: label 'five' is not an integer"):
         resolve_source(f"list:{lists / 'train.csv'}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from .results import StorageError
 from .sources import DataError
 from .study import DEFAULT_SCALE, SCALES, StudyError
-from .study_file import load_study
+from .study_file import DataRead, data_sources, load_study
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -26,11 +26,11 @@ def _run(args: argparse.Namespace) -> int:
                   f"{study.sweep.metric}, on seed {study.seeds[0]}, from:")
             for name, values in study.sweep.parameters.items():
                 print(f"    {name}: {values if isinstance(values, list) else values.model_dump()}")
-        res = study.resources
+        res, reads = study.resources, data_sources(study)
         print(f"each trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU, "
               f"{res.gpus_per_worker:g} GPU; pre-train {study.pretrain.epochs} epochs on "
-              f"{_sources(study, 'pretrain')}, evaluate ({study.evaluate.protocol}) on {_sources(study, 'evaluate')}")
-        _note_missing_paths(study)
+              f"{_sources(reads, 'pretrain')}, evaluate ({study.evaluate.protocol}) on {_sources(reads, 'evaluate')}")
+        _note_missing_paths(reads)
         return 0
     from .sweep import run_study
 
@@ -44,21 +44,18 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _sources(study, stage: str) -> str:
+def _sources(reads: list[DataRead], stage: str) -> str:
     """The sources a stage reads across the trials (a sweep may set them), in first-use order."""
-    from .study_file import data_sources
-
-    sources = [read.source for read in data_sources(study) if read.stage == stage
+    sources = [read.source for read in reads if read.stage == stage
                and (stage == "evaluate" or read.experiment.pretrain.method != "scratch")]
     return " | ".join(dict.fromkeys(sources)) or "nothing (scratch only)"
 
 
-def _note_missing_paths(study) -> None:
+def _note_missing_paths(reads: list[DataRead]) -> None:
     """A dry run may be planning for a cluster, where the data lives: name what is missing here."""
     from .sources import missing_path
-    from .study_file import data_sources
 
-    missing = {(read.field, missing_path(read.source)) for read in data_sources(study)}
+    missing = {(read.field, missing_path(read.source)) for read in reads}
     for field, path in sorted((field, path) for field, path in missing if path):
         print(f"note: {field}: data path {path} does not exist on this machine; "
               "a run needs it on every node", file=sys.stderr)

@@ -74,8 +74,7 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     env[TRAIN_POLL_ENV] = os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)
     quiet_ray_console(verbose)
     level = logging.INFO if verbose else logging.WARNING
-    if address:
-        check_address(address)
+    if address:  # run_study has probed it (check_address)
         try:
             context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose,
                                logging_level=level)

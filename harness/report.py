@@ -149,13 +149,19 @@ def _description(run_dir: Path) -> str:
     return json.loads(path.read_text()).get("description", "") if path.exists() else ""
 
 
-def planned_trials(run_dir: Path) -> int | None:
-    """How many trials the run folder's study makes (None without a readable study.json: rows
-    copied on their own, or written by an older version)."""
+def saved_study(run_dir: Path) -> Study | None:
+    """The study the run folder was made from (None without a readable study.json: rows copied
+    on their own, or written by an older version)."""
     try:
-        return Study.model_validate_json((run_dir / STUDY_FILE).read_text()).trial_count()
+        return Study.model_validate_json((run_dir / STUDY_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def planned_trials(run_dir: Path) -> int | None:
+    """How many trials the run folder's study makes (None when its study is not known)."""
+    study = saved_study(run_dir)
+    return study.trial_count() if study else None
 
 
 def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path) -> Path | None:
@@ -251,10 +257,10 @@ def write_index(out_dir: Path) -> Path:
 
 def status_table(run_dir: Path) -> str:
     """`harness status`: how many trials finished, and each configuration, best first."""
-    planned = planned_trials(run_dir)
-    if planned is not None and not (run_dir / TRIALS_FILE).exists():  # running: nothing recorded yet
-        study = json.loads((run_dir / STUDY_FILE).read_text())
-        return f"{study['name']} ({study['scale']} scale): 0 of {planned} trials recorded\nno trial has finished yet"
+    study = saved_study(run_dir)
+    planned = study.trial_count() if study else None
+    if study and not (run_dir / TRIALS_FILE).exists():  # running: nothing recorded yet
+        return f"{study.name} ({study.scale} scale): 0 of {planned} trials recorded\nno trial has finished yet"
     trials = read_trials(run_dir)
     facts = header(trials, planned=planned)
     took = f", {facts['time it took']}" if "time it took" in facts else ""

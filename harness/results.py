@@ -56,10 +56,9 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
     writing the same Tune state and checkpoints as the first. The lock is the kernel's, on a file
     named after the folder in the temp folder (nothing is written under --runs before the
     checks pass), so a driver killed with kill -9 leaves none behind."""
-    run_dir = Path(run_dir).absolute()
     folder = Path(tempfile.gettempdir()) / f"videomae-harness-locks-{os.getuid()}"
     folder.mkdir(exist_ok=True)
-    path = folder / f"{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]}.lock"
+    path = folder / f"{hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]}.lock"
     with open(path, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -113,7 +112,8 @@ def settings_changed(run_dir: str | Path, settings: dict) -> list[str]:
 
 def _differences(old: object, new: object, path: str) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
-        return [change for key in sorted(set(old) & set(new)) for change in _differences(old[key], new[key], f"{path}.{key}")]
+        return [change for key in sorted(set(old) & set(new))
+                for change in _differences(old[key], new[key], f"{path}.{key}")]
     if old == new:
         return []
     short = all(isinstance(v, (str, int, float, bool, type(None))) and len(str(v)) <= 24 for v in (old, new))

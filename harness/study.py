@@ -282,7 +282,9 @@ class Study(Experiment):
 
     def trial_count(self) -> int:
         """The trials a run of this study makes: each grid point once per seed, or Optuna's samples."""
-        return self.sweep.num_samples if self.sweep.method == "optuna" else len(self.sweep.grid_points()) * len(self.seeds)
+        if self.sweep.method == "optuna":
+            return self.sweep.num_samples
+        return len(self.sweep.grid_points()) * len(self.seeds)
 
 
 def set_path(tree: dict, path: str, value: Any) -> None:

@@ -14,8 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from .sources import check_source
-from .study import (DEFAULT_SCALE, SCALES, Distribution, Experiment, Study, StudyError, SweepSpec, get_path,
-                    set_path)
+from .study import DEFAULT_SCALE, SCALES, Distribution, Experiment, Study, StudyError, SweepSpec, set_path
 
 
 def first_error(error: ValidationError, prefix: str = "") -> str:
@@ -95,13 +94,13 @@ def _check_batches(study: Study, path: Path) -> None:
     """A global batch must split evenly over a trial's workers: 32 over 3 would train on 30 a step
     while the rows say 32."""
     workers, sweep = study.resources.workers_per_trial, study.sweep
-    points = sweep.grid_points() if sweep.method == "grid" else [{}]
-    points += [{name: value} for name, values in sweep.parameters.items() if isinstance(values, list)
-               for value in values]
+    points = sweep.grid_points() if sweep.method == "grid" else [{}] + [
+        {name: value} for name, values in sweep.parameters.items() if isinstance(values, list) for value in values]
     for point in points:
         experiment = study.experiment(point)
-        for name in ("pretrain.batch_size", "evaluate.finetune.batch_size"):
-            batch = get_path(experiment.model_dump(), name)
+        batches = {"pretrain.batch_size": experiment.pretrain.batch_size,
+                   "evaluate.finetune.batch_size": experiment.evaluate.finetune.batch_size}
+        for name, batch in batches.items():
             if batch % workers:
                 raise StudyError(f"{path}: {_where(sweep, name, point)}: a batch of {batch} does not split "
                                  f"evenly over resources.workers_per_trial ({workers})")

@@ -295,14 +295,14 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
     check_address(address)  # before any data is made for a cluster that cannot be reached
-    with run_lock(Path(runs_root) / study.name):
-        return _run_study(study, runs_root, address, restart, verbose, source, storage)
+    run_dir = Path(runs_root).absolute() / study.name
+    with run_lock(run_dir):
+        return _run_study(study, run_dir, address, restart, verbose, source, storage)
 
 
-def _run_study(study: Study, runs_root: str | Path, address: str | None, restart: bool, verbose: bool,
+def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, verbose: bool,
                source: str, storage: str | None) -> tuple[Path, int, int]:
     where = f"{source}: " if source else ""
-    run_dir = Path(runs_root).absolute() / study.name
     storage = storage if restart else resumed_storage(run_dir, storage)
     ray_storage = Storage.at(storage, study.name) if storage else None
     if ray_storage:

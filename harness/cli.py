@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -61,6 +62,18 @@ def _note_missing_paths(reads: list[DataRead]) -> None:
               "a run needs it on every node", file=sys.stderr)
 
 
+def _output_folder(option: str, path: str) -> Path:
+    """Make an output folder before any work, so that a path that cannot be one is a line naming the option."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise StudyError(f"{option} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StudyError(f"{option} {folder}: cannot create this folder ({error.strerror})") from None
+    return folder
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
     from .results import TRIALS_FILE
@@ -69,8 +82,9 @@ def _report(args: argparse.Namespace) -> int:
     for given in map(Path, args.runs):  # a runs folder stands for every study run in it
         inside = sorted(p for p in given.glob("*") if (p / TRIALS_FILE).is_file())
         folders += inside if inside and not (given / TRIALS_FILE).exists() else [given]
+    out = _output_folder("--out", args.out)
     for run_dir in folders:
-        html = write_report(run_dir, Path(args.out))
+        html = write_report(run_dir, out)
         print(f"wrote {html} and {html.with_suffix('.md')}")
     return 0
 
@@ -116,8 +130,8 @@ def _synth(args: argparse.Namespace) -> int:
     for option, value, least in (("--frames", args.frames, 1), ("--size", args.size, 8)):
         if value < least:
             raise StudyError(f"data synth: {option}: must be at least {least}, not {value}")
-    out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()) and not (out / PARAMS_FILE).exists():  # not a domain made here
+    out = _output_folder("data synth: --out", args.out)
+    if any(out.iterdir()) and not (out / PARAMS_FILE).exists():  # not a domain made here
         raise StudyError(f"data synth: --out {out}: holds other files; give a new or empty folder")
     params = SynthParams(domain=args.domain, frames=args.frames, size=args.size, **spec.model_dump())
     manifest = generate(params, out, progress=_progress)
@@ -181,13 +195,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, so that a pipe closed early is caught below, not reported at exit
+        return code
     except (StudyError, DataError, StorageError, FileNotFoundError) as error:
         print(f"harness: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # piped into `head` or a pager that closed: stop quietly, as `ls | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush would fail again
+        return 141
 
 
 if __name__ == "__main__":

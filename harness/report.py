@@ -272,14 +272,21 @@ def status_table(run_dir: Path) -> str:
 
 
 def runs_table(runs_root: Path) -> str:
-    """`harness ls`: every study under a runs folder with its trial count and best metric."""
-    lines, run_dirs = [], sorted(p for p in runs_root.glob("*") if (p / TRIALS_FILE).exists())
-    width = max([24] + [len(run_dir.name) for run_dir in run_dirs])  # runs set aside by --restart are longer
+    """`harness ls`: every study under a runs folder with its trial count and best metric, also
+    a study that has started and recorded no trial yet."""
+    if not runs_root.is_dir():
+        raise FileNotFoundError(f"{runs_root}: no such runs folder")
+    run_dirs = sorted(p for p in runs_root.glob("*") if (p / TRIALS_FILE).exists() or (p / STUDY_FILE).exists())
+    lines, width = [], max([24] + [len(run_dir.name) for run_dir in run_dirs])  # --restart's names are longer
     for run_dir in run_dirs:
+        planned = planned_trials(run_dir)
+        if not (run_dir / TRIALS_FILE).exists():
+            count = f"0/{planned}" if planned else "0"
+            lines.append(f"{run_dir.name:{width}s} {count:>7s} trials  no trial has finished yet")
+            continue
         trials = read_trials(run_dir)
         ok = trials[trials["status"] == "ok"]
         best = f"best {METRIC} {ok[METRIC].max():.4f}" if len(ok) else "no finished trial"
-        planned = planned_trials(run_dir)
         count = f"{len(trials)}/{planned}" if planned and planned > len(trials) else str(len(trials))
         lines.append(f"{run_dir.name:{width}s} {count:>7s} trials  {best}  last {trials['finished_at'].max()}")
-    return "\n".join(lines) if lines else f"no studies with results under {runs_root}"
+    return "\n".join(lines) if lines else f"no studies under {runs_root}"

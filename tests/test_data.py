@@ -19,6 +19,7 @@ from harness.data import (SCALES, ClipDataset, collate_views, crop_resize, eval_
 from harness.render import render_clip
 from harness.synth import MOTIONS, SynthParams, ensure_synth, generate
 from models import unnormalize
+from conftest import REPO
 from video_formats import FORMATS, bar_column, write_clips
 
 
@@ -258,3 +259,17 @@ def test_harness_data_synth_refuses_bad_options_in_one_line_before_writing(tmp_p
     error = capsys.readouterr().err
     assert error.startswith("harness: data synth: ") and message in error and error.count("\n") == 1
     assert not out.exists()
+
+
+def test_output_folders_that_cannot_be_made_are_one_line(tmp_path, capsys):
+    """`--out` naming a file (or a path under one) was a NotADirectoryError or FileExistsError traceback."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for command, out, message in [
+            (["data", "synth", "motion", "--clips", "2"], a_file, f"data synth: --out {a_file}: is a file, not a folder"),
+            (["report", str(REPO / "reports" / "mask_ratio")], a_file, f"--out {a_file}: is a file, not a folder"),
+            (["report", str(REPO / "reports" / "mask_ratio")], a_file / "reports",
+             f"--out {a_file / 'reports'}: cannot create this folder (Not a directory)")]:
+        assert main([*command, "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"harness: {message}\n"
+    assert a_file.read_text() == "mine"

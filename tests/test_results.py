@@ -113,3 +113,13 @@ def test_report_and_status_of_a_study_whose_trials_all_failed(tmp_path, capsys):
     (run_dir.parent / "loss").mkdir()  # a study started, nothing recorded or planned yet
     assert main(["status", str(run_dir.parent / "loss")]) == 2
     assert "loss/trials.parquet: no results yet" in capsys.readouterr().err
+    assert main(["ls", str(run_dir.parent)]) == 0  # the failed study; "loss" holds nothing of a study
+    assert capsys.readouterr().out.split()[:3] == ["mask_ratio", "3", "trials"]
+    started = run_dir.parent / "masking"  # running, no trial recorded yet: listed with what it plans
+    started.mkdir()
+    (started / "study.json").write_text(load_study(REPO / "studies" / "masking.yaml", "smoke").model_dump_json())
+    assert main(["ls", str(run_dir.parent)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["masking", "0/2", "trials", "no", "trial", "has",
+                                                               "finished", "yet"]
+    assert main(["ls", str(tmp_path / "runz")]) == 2
+    assert capsys.readouterr().err == f"harness: {tmp_path / 'runz'}: no such runs folder\n"

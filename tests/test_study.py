@@ -1,4 +1,7 @@
+import shlex
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,6 +71,14 @@ def test_dry_run_lists_trials(capsys):
     assert main(["run", str(MASK_RATIO), "--scale", "smoke", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "3 trials" in out and '"pretrain.mask.ratio": 0.75' in out
+
+
+def test_output_piped_into_head_ends_quietly():
+    """`harness run STUDY --dry-run | head -1` printed a BrokenPipeError traceback."""
+    piped = subprocess.run(f"{shlex.quote(sys.executable)} -m harness.cli run {shlex.quote(str(MASK_RATIO))} "
+                           "--scale smoke --dry-run | head -c 10", shell=True, capture_output=True, text=True,
+                           cwd=REPO, executable="/bin/bash")
+    assert piped.stdout == "study mask" and piped.stderr == ""
 
 
 def test_dry_run_plans_a_cluster_study_whose_data_is_not_on_this_machine(capsys):

@@ -33,12 +33,30 @@ def first_error(error: ValidationError, prefix: str = "") -> str:
     return f"{prefix}{where}: {message}"
 
 
+class _StudyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping, where YAML keeps the last
+    one silently: a second `pretrain:` section would drop every setting of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # not a plain key: left to SafeLoader's own checks
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one mapping (first at line {first_line[key]})",
+                    key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool = True) -> Study:
     """Read and validate a study file; raise StudyError with one line naming file and field.
     `check_paths=False` leaves out whether the data paths exist here (a dry run for a cluster)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StudyLoader)  # safe_load, refusing repeated keys
     except OSError as error:
         raise StudyError(f"{path}: cannot read: {error.strerror}") from None
     except yaml.YAMLError as error:

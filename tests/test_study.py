@@ -53,7 +53,7 @@ def test_the_bad_study_corpus_is_large():
 def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bad.yaml"
-    path.write_text(BASE + "pretrain: {mask: {ratio: 1.2}}\n")
+    path.write_text(BASE.replace("epochs: 1}", "epochs: 1, mask: {ratio: 1.2}}"))
     assert main(["run", str(path), "--scale", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pretrain.mask.ratio" in err and str(path) in err

@@ -125,8 +125,14 @@ def read_problem(table: pd.DataFrame, read: DataRead) -> str | None:
     train = split(table, "train")
     if train.empty:
         return f"{read.field}: {read.source} has no clips in its train split"
-    if read.stage == "evaluate" and split(table, "val").empty:
-        return f"{read.field}: {read.source} has no val (or test) split to evaluate on"
+    if read.stage == "evaluate":
+        held_out = split(table, "val")
+        if held_out.empty:
+            return f"{read.field}: {read.source} has no val (or test) split to evaluate on"
+        both = sorted(set(train["path"]) & set(held_out["path"]))
+        if both:  # the probe would be scored on clips it was trained on
+            return (f"{read.field}: {read.source}: {len(both)} clip(s) are in both the train split and the "
+                    f"{held_out['split'].iloc[0]} split it is scored on, e.g. {both[0]}")
     asked = read.experiment.pretrain.clips if read.stage == "pretrain" else read.experiment.evaluate.train_clips
     if asked and asked > len(train):
         return f"{read.clips_field}: asks for {asked} clips, {read.source} has {len(train)} in its train split"

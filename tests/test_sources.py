@@ -167,15 +167,22 @@ def test_stratified_subset_is_balanced_and_nested():
     (["train/run/a.mp4", "train/jump/b.mp4"], {}, "evaluate.source: {source} has no val (or test) split to evaluate on"),
     (["train/run/a.mp4", "train/jump/b.mp4", "val/run/c.mp4"], {"clips": 5},
      "pretrain.clips: asks for 5 clips, {source} has 2 in its train split"),
-], ids=["no-train-split", "no-val-split", "more-clips-than-there-are"])
+    (["run/a.mp4", "jump/b.mp4", "run/c.mp4", ("train.txt", "run/a.mp4\njump/b.mp4\n"),
+      ("test.txt", "run/c.mp4\njump/b.mp4\n")], {},  # a split file made wrong: scored on a clip it learnt
+     "evaluate.source: {source}: 1 clip(s) are in both the train split and the test split it is scored on, "
+     "e.g. {source_dir}/jump/b.mp4"),
+], ids=["no-train-split", "no-val-split", "more-clips-than-there-are", "clip-in-train-and-test"])
 def test_a_source_without_what_its_stage_reads_stops_the_run_before_ray_starts(tmp_path, layout, extra, message):
     """A subset asking for more clips than the source has would run on fewer under the asked
     count's name: like a missing split, it stops `harness run` with one line and exit code 2."""
-    _tree(tmp_path / "videos", layout)
+    _tree(tmp_path / "videos", [entry for entry in layout if isinstance(entry, str)])
+    for name, text in (entry for entry in layout if isinstance(entry, tuple)):
+        (tmp_path / "videos" / name).write_text(text)
     source = f"folder:{tmp_path / 'videos'}"
     study = write_study(tmp_path, "short", pretrain={"source": source, "epochs": 1, **extra},
                         evaluate={"source": source})
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(study), "--runs", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and done.stderr == f"harness: {study}: {message.format(source=source)}\n", done.stderr
+    expected = message.format(source=source, source_dir=tmp_path / "videos")
+    assert done.returncode == 2 and done.stderr == f"harness: {study}: {expected}\n", done.stderr
     assert "Ray" not in done.stdout and not (tmp_path / "runs" / "short").exists()

@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # piped into `head` or a pager that closed: stop quietly, as `ls | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush would fail again
         return 141
+    except OSError as error:  # the machine's, not the input's: a full disk, a lost mount
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"harness: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

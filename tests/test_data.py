@@ -273,3 +273,22 @@ def test_output_folders_that_cannot_be_made_are_one_line(tmp_path, capsys):
         assert main([*command, "--out", str(out)]) == 2
         assert capsys.readouterr().err == f"harness: {message}\n"
     assert a_file.read_text() == "mine"
+
+
+def test_a_write_the_machine_refuses_is_one_line_not_a_traceback(tmp_path):
+    """A full disk while clips are written (here: a file-size limit, which fails the write the
+    same way without needing a small disk) printed a traceback from the pool of encoders."""
+    import resource
+    import signal
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "data", "synth", "motion", "--clips", "4",
+                           "--val-clips", "1", "--size", "112", "--background", "texture", "--noise", "0.05",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"harness: {out}/") and done.stderr.endswith(".mp4: File too large\n"), done.stderr
+    assert done.stderr.count("\n") == 1 and not (out / "manifest.csv").exists()

@@ -29,7 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from harness.study_file import load_study  # noqa: E402
-from harness.sweep import prepare_data, trial_points  # noqa: E402
+from harness.prepare import prepare_data  # noqa: E402
+from harness.sweep import trial_points  # noqa: E402
 
 
 def trimmed_study(source: str, scale: str, points: int, epochs: int | None, name: str, folder: Path) -> str:

@@ -20,12 +20,11 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from .cluster import check_address, remove_leaked_placement_groups, start_ray
+from .prepare import prepare_data
 from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
                       remove_partial_writes, run_lock, set_aside, settings_changed, upsert_rows)
-from .sources import DataError, check_files, resolve_source, split
 from .storage import Storage, remember_storage, resumed_storage
 from .study import Study, StudyError, get_path
-from .study_file import DataRead, data_sources
 from .trial import (POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, sweep_point,
                     trial_resources)
 
@@ -92,51 +91,6 @@ def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> 
     concurrent = min(fits, res.max_concurrent_trials or fits)
     return {"trials": study.trial_count(), "cpus_per_trial": cpus, "gpus_per_trial": gpus,
             "concurrent_trials": concurrent, "cluster_cpus": have_cpus, "cluster_gpus": have_gpus}
-
-
-def prepare_data(study: Study, where: str = "") -> None:
-    """Make every synthetic source the trials will read, once, and check before any trial starts
-    that each source has what its stage reads: the files its manifest names (the first missing
-    ones are listed), train clips, a val (or test) split to evaluate on, and as many train clips
-    as a subset asks for. A problem raises DataError naming `where` (the study file) and the field."""
-    tables: dict[tuple, pd.DataFrame] = {}
-    for read in data_sources(study):
-        if read.stage == "pretrain" and read.experiment.pretrain.method == "scratch":
-            continue  # a scratch trial reads no pre-training data
-        synth = read.experiment.synth_params() if read.source.startswith("synth:") else None
-
-        def progress(finished: int, total: int, name: str = read.source) -> None:
-            if finished == total or finished % max(1, total // 10) == 0:
-                print(f"  making {name}: {finished}/{total} clips", flush=True)
-        key = (read.source, synth)
-        try:
-            if key not in tables:
-                tables[key] = resolve_source(read.source, synth, progress=progress)
-                check_files(tables[key], read.source)
-        except DataError as error:
-            raise DataError(f"{where}{read.field}: {error}") from None
-        problem = read_problem(tables[key], read)
-        if problem:
-            raise DataError(f"{where}{problem}")
-
-
-def read_problem(table: pd.DataFrame, read: DataRead) -> str | None:
-    """What keeps a stage from reading this source's manifest as the study asks, or None."""
-    train = split(table, "train")
-    if train.empty:
-        return f"{read.field}: {read.source} has no clips in its train split"
-    if read.stage == "evaluate":
-        held_out = split(table, "val")
-        if held_out.empty:
-            return f"{read.field}: {read.source} has no val (or test) split to evaluate on"
-        both = sorted(set(train["path"]) & set(held_out["path"]))
-        if both:  # the probe would be scored on clips it was trained on
-            return (f"{read.field}: {read.source}: {len(both)} clip(s) are in both the train split and the "
-                    f"{held_out['split'].iloc[0]} split it is scored on, e.g. {both[0]}")
-    asked = read.experiment.pretrain.clips if read.stage == "pretrain" else read.experiment.evaluate.train_clips
-    if asked and asked > len(train):
-        return f"{read.clips_field}: asks for {asked} clips, {read.source} has {len(train)} in its train split"
-    return None
 
 
 class TrialRecorder(Callback):

@@ -186,3 +186,27 @@ def test_a_source_without_what_its_stage_reads_stops_the_run_before_ray_starts(t
     expected = message.format(source=source, source_dir=tmp_path / "videos")
     assert done.returncode == 2 and done.stderr == f"harness: {study}: {expected}\n", done.stderr
     assert "Ray" not in done.stdout and not (tmp_path / "runs" / "short").exists()
+
+
+def test_pretraining_on_the_clips_evaluation_scores_is_noted(tmp_path, capsys):
+    """A list of every video for pre-training, and the same folder's test split for evaluation:
+    the run goes on (some studies mean it), with a note naming both fields and a clip."""
+    from harness.prepare import prepare_data
+    from harness.study_file import load_study
+
+    _tree(tmp_path / "ucf", ["run/a.mp4", "run/b.mp4", "jump/c.mp4", "jump/d.mp4"])
+    (tmp_path / "ucf" / "train.txt").write_text("run/a.mp4\njump/c.mp4\n")
+    (tmp_path / "ucf" / "test.txt").write_text("run/b.mp4\njump/d.mp4\n")
+    (tmp_path / "all.txt").write_text("ucf/run/a.mp4 0\nucf/run/b.mp4 0\nucf/jump/c.mp4 1\nucf/jump/d.mp4 1\n")
+    evaluate = {"source": f"folder:{tmp_path / 'ucf'}"}
+    leaky = write_study(tmp_path, "leaky", pretrain={"source": f"list:{tmp_path / 'all.txt'}", "epochs": 1},
+                        evaluate=evaluate)
+    prepare_data(load_study(leaky), "leaky.yaml: ")
+    assert capsys.readouterr().err == (
+        f"note: leaky.yaml: pretrain.source: list:{tmp_path / 'all.txt'} pre-trains on 2 clip(s) that "
+        f"evaluate.source folder:{tmp_path / 'ucf'} scores on, e.g. {tmp_path / 'ucf/jump/d.mp4'}; "
+        "the paper pre-trains on the train split only\n")
+    clean = write_study(tmp_path, "clean", pretrain={"source": f"folder:{tmp_path / 'ucf'}", "epochs": 1},
+                        evaluate=evaluate)  # the same folder: pre-training reads its train split only
+    prepare_data(load_study(clean))
+    assert capsys.readouterr().err == ""

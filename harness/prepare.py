@@ -1,0 +1,83 @@
+"""Before any trial starts: make the synthetic data a study reads, and check every source its
+stages read, so that a problem stops `harness run` with one line instead of failing trials."""
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+
+from .sources import DataError, check_files, resolve_source, split, stratified_subset
+from .study import Study
+from .study_file import DataRead, data_sources
+
+
+def prepare_data(study: Study, where: str = "") -> None:
+    """Make every synthetic source the trials will read, once, and check before any trial starts
+    that each source has what its stage reads: the files its manifest names (the first missing
+    ones are listed), train clips, a val (or test) split to evaluate on, and as many train clips
+    as a subset asks for. A problem raises DataError naming `where` (the study file) and the field.
+    Pre-training on clips that evaluation scores on is noted, not refused."""
+    tables: dict[tuple, pd.DataFrame] = {}
+    clips_read: list[tuple[DataRead, set[str]]] = []
+    for read in data_sources(study):
+        if read.stage == "pretrain" and read.experiment.pretrain.method == "scratch":
+            continue  # a scratch trial reads no pre-training data
+        synth = read.experiment.synth_params() if read.source.startswith("synth:") else None
+
+        def progress(finished: int, total: int, name: str = read.source) -> None:
+            if finished == total or finished % max(1, total // 10) == 0:
+                print(f"  making {name}: {finished}/{total} clips", flush=True)
+        key = (read.source, synth)
+        try:
+            if key not in tables:
+                tables[key] = resolve_source(read.source, synth, progress=progress)
+                check_files(tables[key], read.source)
+        except DataError as error:
+            raise DataError(f"{where}{read.field}: {error}") from None
+        problem = read_problem(tables[key], read)
+        if problem:
+            raise DataError(f"{where}{problem}")
+        clips_read.append((read, clips_of(tables[key], read)))
+    for note in scored_clips_pretrained_on(clips_read, study.sweep.method == "optuna"):
+        print(f"note: {where}{note}", file=sys.stderr, flush=True)
+
+
+def read_problem(table: pd.DataFrame, read: DataRead) -> str | None:
+    """What keeps a stage from reading this source's manifest as the study asks, or None."""
+    train = split(table, "train")
+    if train.empty:
+        return f"{read.field}: {read.source} has no clips in its train split"
+    if read.stage == "evaluate":
+        held_out = split(table, "val")
+        if held_out.empty:
+            return f"{read.field}: {read.source} has no val (or test) split to evaluate on"
+        both = sorted(set(train["path"]) & set(held_out["path"]))
+        if both:  # the probe would be scored on clips it was trained on
+            return (f"{read.field}: {read.source}: {len(both)} clip(s) are in both the train split and the "
+                    f"{held_out['split'].iloc[0]} split it is scored on, e.g. {both[0]}")
+    asked = read.experiment.pretrain.clips if read.stage == "pretrain" else read.experiment.evaluate.train_clips
+    if asked and asked > len(train):
+        return f"{read.clips_field}: asks for {asked} clips, {read.source} has {len(train)} in its train split"
+    return None
+
+
+def clips_of(table: pd.DataFrame, read: DataRead) -> set[str]:
+    """The files a stage learns from (pre-training: its train subset) or scores on (evaluation)."""
+    if read.stage == "pretrain":
+        return set(stratified_subset(split(table, "train"), read.experiment.pretrain.clips)["path"])
+    return set(split(table, "val")["path"])
+
+
+def scored_clips_pretrained_on(clips_read: list[tuple[DataRead, set[str]]], any_pair: bool) -> list[str]:
+    """A line for each pre-training source that holds clips an evaluation of the same trials scores
+    on (e.g. a list of every UCF101 video, evaluated on UCF101's test split): the paper pre-trains
+    on the train split only. Grid reads pair within a point; an Optuna sweep can draw any pair."""
+    notes: dict[tuple[str, str], str] = {}
+    for pretrain, learnt in ((r, c) for r, c in clips_read if r.stage == "pretrain"):
+        for evaluate, scored in ((r, c) for r, c in clips_read if r.stage == "evaluate"):
+            both = learnt & scored
+            if both and (any_pair or pretrain.experiment is evaluate.experiment):
+                notes.setdefault((pretrain.source, evaluate.source), (
+                    f"{pretrain.field}: {pretrain.source} pre-trains on {len(both)} clip(s) that {evaluate.field} "
+                    f"{evaluate.source} scores on, e.g. {min(both)}; the paper pre-trains on the train split only"))
+    return list(notes.values())

@@ -20,6 +20,7 @@ source (`list:/data/ssv2/train.csv?root=/mnt/ssv2/videos`) to read them from DIR
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -72,6 +73,20 @@ def check_source(source: str, check_paths: bool = True) -> str | None:
     if scheme == "manifest" and Path(location).suffix.lower() not in (".csv", ".parquet"):
         return f"manifest {location} must be a .csv or .parquet file"
     return None
+
+
+def absolute_source(source: str, base: Path) -> str:
+    """The source with a relative or ~ path (and ?root=) made absolute, relative ones from `base`
+    (the study file's folder): a trial runs in a Ray worker, whose working folder is not the shell's."""
+    scheme, location, options = parse_source(source)
+    if scheme not in SCHEMES or scheme == "synth" or not location:
+        return source  # left as written, for check_source to name what is wrong
+
+    def absolute(path: str) -> str:
+        return os.path.normpath(base / Path(path).expanduser()) if path else path
+    options = {name: absolute(value) if name == "root" else value for name, value in options.items()}
+    query = "&".join(f"{name}={value}" for name, value in options.items())
+    return f"{scheme}:{absolute(location)}" + (f"?{query}" if query else "")
 
 
 def missing_path(source: str) -> str | None:

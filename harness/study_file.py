@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import yaml
 from pydantic import ValidationError
 
-from .sources import check_source
+from .sources import absolute_source, check_source
 from .study import DEFAULT_SCALE, SCALES, Distribution, Experiment, Study, StudyError, SweepSpec, set_path
 
 
@@ -80,6 +80,7 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
         except KeyError:
             raise StudyError(f"{path}: scales.{scale}.{key}: not a settable field") from None
     raw["scale"] = scale
+    _absolute_sources(raw, path.absolute().parent)
     try:
         study = Study.model_validate(raw)
     except ValidationError as error:
@@ -91,6 +92,22 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
         if problem:
             raise StudyError(f"{path}: {read.field}: {problem}")
     return study
+
+
+def _absolute_sources(raw: dict, base: Path) -> None:
+    """Data paths in the study file, wherever a source is named, made absolute from the file's folder."""
+    def fix(value: Any) -> Any:
+        return absolute_source(value, base) if isinstance(value, str) else value
+    for stage in ("pretrain", "evaluate"):
+        if isinstance(raw.get(stage), dict) and "source" in raw[stage]:
+            raw[stage]["source"] = fix(raw[stage]["source"])
+    sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+    parameters = sweep.get("parameters") if isinstance(sweep.get("parameters"), dict) else {}
+    points = sweep.get("points") if isinstance(sweep.get("points"), list) else []
+    for mapping in [parameters, *[point for point in points if isinstance(point, dict)]]:
+        for name, value in mapping.items():
+            if isinstance(name, str) and name.endswith(".source"):
+                mapping[name] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
 
 
 def _check_sweep(study: Study, path: Path) -> None:

@@ -153,7 +153,9 @@ def test_training_loop_and_models_do_not_import_ray():
 def test_a_transfer_study_over_video_folders_in_the_public_datasets_formats(tmp_path):
     """Pre-train on a UCF101-style folder (.avi, class folders, split files) or on SSV2-style
     official list files (.webm), evaluate each encoder on both, against scratch, through
-    `harness run` and `harness report`: a domain-shift study over the user's own videos."""
+    `harness run` and `harness report`: a domain-shift study over the user's own videos. The study
+    file names them relative to its own folder, and runs from another (a trial's Ray worker has
+    a working folder of its own: relative paths used to fail every trial)."""
     ucf, ssv2 = tmp_path / "ucf101", tmp_path / "ssv2"
     clips, ucf_splits, ssv2_lists = {}, {"train": [], "test": []}, {"train": [], "val": []}
     for label, (name, direction) in enumerate((("MoveLeft", -1), ("MoveRight", +1))):
@@ -170,14 +172,16 @@ def test_a_transfer_study_over_video_folders_in_the_public_datasets_formats(tmp_
     (ssv2 / "lists").mkdir()
     for split, lines in ssv2_lists.items():
         (ssv2 / "lists" / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    on_ucf, on_ssv2 = f"folder:{ucf}", f"list:{ssv2 / 'lists'}?root={ssv2 / 'videos'}"
+    on_ucf, on_ssv2 = f"folder:{ucf}", f"list:{ssv2 / 'lists'}?root={ssv2 / 'videos'}"  # as the rows name them
+    as_written = {on_ucf: "folder:ucf101", on_ssv2: "list:ssv2/lists?root=./ssv2/videos"}
     study = write_study(tmp_path, "transfer", seeds=[0],
                         pretrain={"epochs": 1, "batch_size": 6, "stride": 2},
                         evaluate={"epochs": 20},
-                        sweep={"parameters": {"evaluate.source": [on_ucf, on_ssv2]},
-                               "points": [{"pretrain.source": on_ucf}, {"pretrain.source": on_ssv2},
-                                          {"pretrain.method": "scratch"}]})
-    done = harness("run", str(study), cwd=tmp_path)
+                        sweep={"parameters": {"evaluate.source": list(as_written.values())},
+                               "points": [{"pretrain.source": as_written[on_ucf]},
+                                          {"pretrain.source": as_written[on_ssv2]}, {"pretrain.method": "scratch"}]})
+    (tmp_path / "elsewhere").mkdir()
+    done = harness("run", str(study), "--runs", str(tmp_path / "runs"), cwd=tmp_path / "elsewhere")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "runs" / "transfer" / "trials.parquet")
     assert len(trials) == 6 and (trials["status"] == "ok").all() and (trials["skipped_videos"] == 0).all()

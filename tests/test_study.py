@@ -169,3 +169,21 @@ def test_the_lease_actor_runs_only_for_studies_whose_trials_can_share_a_pre_trai
         return shares_pretraining(study, trial_points(study))
     assert not shared("mask_ratio") and not shared("masking")
     assert shared("domain_shift") and shared("joint_optuna")
+
+
+def test_data_paths_are_read_from_the_study_files_folder(tmp_path, monkeypatch):
+    """Relative paths (and ?root=) are taken from the study file's folder, whatever the shell's
+    working folder, and stored absolute: the trials run in Ray workers with folders of their own."""
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "data" / "ucf").mkdir(parents=True)
+    (tmp_path / "data" / "lists").mkdir()
+    path = tmp_path / "studies" / "s.yaml"
+    path.write_text("name: s\npretrain: {source: 'folder:../data/ucf'}\n"
+                    "evaluate: {source: 'list:../data/lists?root=../data/ucf'}\n"
+                    "sweep: {parameters: {evaluate.source: ['synth:motion', 'manifest:~/m.csv', 'folder:/srv/x']}}\n")
+    monkeypatch.chdir(tmp_path / "data")
+    study = load_study(path, check_paths=False)
+    assert study.pretrain.source == f"folder:{tmp_path / 'data' / 'ucf'}"
+    assert study.evaluate.source == f"list:{tmp_path / 'data' / 'lists'}?root={tmp_path / 'data' / 'ucf'}"
+    assert study.sweep.parameters["evaluate.source"] == ["synth:motion", f"manifest:{Path.home() / 'm.csv'}",
+                                                         "folder:/srv/x"]

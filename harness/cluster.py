@@ -69,6 +69,8 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     named, address = _named(address), address or os.environ.get("RAY_ADDRESS")
     # The data settings the workers read (named here: harness.data imports torch, the driver does not).
     env = {k: os.environ[k] for k in ("VIDEOMAE_HARNESS_CACHE", "VIDEOMAE_HARNESS_DECODE_CACHE_MB") if k in os.environ}
+    if "VIDEOMAE_HARNESS_CACHE" in env:  # as this shell means it: a trial runs in a working folder of its own
+        env["VIDEOMAE_HARNESS_CACHE"] = os.path.abspath(os.path.expanduser(env["VIDEOMAE_HARNESS_CACHE"]))
     # Ray Train's controller polls its workers this often (default 2 s), and a stage's start
     # and end each wait for polls: 0.5 s saves a few seconds per trial (BENCHMARKS.md).
     env[TRAIN_POLL_ENV] = os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)

@@ -60,7 +60,7 @@ class SynthParams:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("VIDEOMAE_HARNESS_CACHE", Path.home() / ".cache" / "videomae-harness"))
+    return Path(os.environ.get("VIDEOMAE_HARNESS_CACHE", Path.home() / ".cache" / "videomae-harness")).expanduser()
 
 
 def real_video_dir() -> Path | None:

@@ -1,5 +1,6 @@
 """`harness run` at smoke scale through real Ray, then `harness report`, as a user runs them."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -194,3 +195,16 @@ def test_a_transfer_study_over_video_folders_in_the_public_datasets_formats(tmp_
     assert report.returncode == 0, report.stderr
     page = (tmp_path / "reports" / "transfer.md").read_text()
     assert page.count("in-domain pre-training beats out-of-domain pre-training") == 2
+
+
+def test_a_relative_cache_folder_is_the_one_the_trials_read(tmp_path):
+    """VIDEOMAE_HARNESS_CACHE=<relative>: the driver made the data there, then each trial made it
+    again in its own Ray working folder (a minute a trial at cpu scale, unsaid)."""
+    name = f"cache-{tmp_path.name}"
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(REPO / "studies" / "masking.yaml"),
+                           "--scale", "smoke"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "VIDEOMAE_HARNESS_CACHE": name})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len(list((tmp_path / name / "synth").glob("*/manifest.csv"))) == 1
+    session = Path(tempfile.gettempdir(), "ray", "session_latest").resolve()  # the run's own Ray
+    assert not list(session.rglob(name)), "a trial made the synthetic data again in its working folder"

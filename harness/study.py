@@ -259,7 +259,7 @@ class Experiment(Strict):
 
 
 class Study(Experiment):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a folder name: not ., .. or hidden
     description: str = ""
     seeds: list[int] = Field([0], min_length=1)
 

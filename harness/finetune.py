@@ -15,7 +15,7 @@ from models import VideoClassifier, layer_decay_groups
 
 from .data import ClipDataset, collate_views
 from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final
-from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, lr_at
+from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, lr_at, skipped_files
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder
 from .study import Experiment
 
@@ -71,7 +71,7 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
     per_worker = max(1, min(recipe.batch_size, len(train_set)) // session.world_size)
     sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(train_set, batch_size=per_worker, sampler=sampler, drop_last=True, collate_fn=collate_views)
-    steps = len(loader)
+    steps, diverged_at = len(loader), None
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
         sampler.set_epoch(epoch)
@@ -87,11 +87,19 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
             loss = F.cross_entropy(logits.float(), labels.to(device), label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if recipe.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+            # The norm of the (all-reduced) gradient is the same on every worker, so all stop together.
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad or float("inf"))
+            if not torch.isfinite(norm):  # NaN weights would score as a guess: stop, say so
+                diverged_at = epoch + 1
+                break
             optimizer.step()
             loss_sum += loss.item() * len(labels)
             clips += len(labels)
+        if diverged_at:
+            metrics = {"stage": "eval", "diverged": True, "epoch": diverged_at, "protocol": "finetune",
+                       "finetune_loss_curve": [h["loss"] for h in history],
+                       "skipped_files": sorted(skipped_files([train_set]))}
+            return report_final(session, metrics, {"metrics": metrics})
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device),
                         "lr": lr, "clips_per_s": clips * session.world_size / seconds})

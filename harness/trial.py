@@ -208,17 +208,20 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
                        resumed_from_epoch=metrics["resumed_from_epoch"], pretrain_shared_from=shared_from,
                        pretrain_run=shared_from or f"{trial_id}-pretrain")
         if metrics.get("diverged"):  # recorded as such, not evaluated; the study goes on
-            summary.update(status="diverged", stage="done", wall_time_s=time.time() - started,
-                           skipped_videos=len(skipped), workers=study_obj.resources.workers_per_trial,
-                           reason=f"non-finite loss or gradient at epoch {metrics['epoch']} "
-                                  f"({metrics['bad_steps']} bad steps)")
-            return _finish(storage, finished, summary)
+            return _finish(storage, finished, _diverged(summary, started, skipped, study_obj.resources,
+                                                        f"non-finite loss or gradient at epoch {metrics['epoch']} "
+                                                        f"({metrics['bad_steps']} bad steps)"))
     from .worker import evaluate_worker
 
     eval_started = time.time()
     metrics, _ = run_stage(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                            {**loop_config, "checkpoint": checkpoint})
     skipped.update(metrics.get("skipped_files", []))  # a file bad in both stages counts once
+    if metrics.get("diverged"):
+        summary.update(finetune_loss_curve=metrics["finetune_loss_curve"], eval_time_s=time.time() - eval_started)
+        return _finish(storage, finished, _diverged(summary, started, skipped, study_obj.resources,
+                                                    f"non-finite loss or gradient while fine-tuning, at epoch "
+                                                    f"{metrics['epoch']}"))
     summary.update(eval_top1=metrics["top1"], eval_top5=metrics["top5"],
                    eval_protocol=metrics["protocol"], precision=metrics["precision"],
                    machine=metrics["machine"],
@@ -230,6 +233,12 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
                    cpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.cpus_per_worker,
                    gpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.gpus_per_worker)
     return _finish(storage, finished, summary)
+
+
+def _diverged(summary: dict[str, Any], started: float, skipped: set, resources: Any, reason: str) -> dict[str, Any]:
+    """The row of a trial stopped by a non-finite loss or gradient: recorded, not scored."""
+    return {**summary, "status": "diverged", "stage": "done", "wall_time_s": time.time() - started,
+            "skipped_videos": len(skipped), "workers": resources.workers_per_trial, "reason": reason}
 
 
 def _finish(storage: Storage, finished: tuple[str, ...], summary: dict[str, Any]) -> None:

@@ -101,6 +101,20 @@ def test_a_diverging_run_stops_and_says_so(tmp_path):
     assert [r["diverged"] for r in again.reports] == [True]
 
 
+def test_a_diverging_finetune_stops_and_says_so(tmp_path):
+    """NaN weights scored as a guess (top-1 near chance, loss curve [nan, nan]) and the trial was
+    recorded as ok; now fine-tuning stops at the first non-finite gradient and reports diverged."""
+    recipe = {"epochs": 3, "batch_size": 16, "warmup_epochs": 0, "lr": 1e12}
+    experiment = Experiment.model_validate({**TINY, "evaluate": {**TINY["evaluate"], "protocol": "finetune",
+                                                                  "finetune": recipe}})
+    session = Session(tmp_path)
+    metrics = evaluate(experiment, 0, session, None)
+    assert metrics["diverged"] and metrics["epoch"] == 1 and "top1" not in metrics
+    assert [r["stage"] for r in session.reports] == ["eval"]
+    again = Session(tmp_path)  # a rerun hands back the diverged result instead of training on
+    assert evaluate(experiment, 0, again, None)["diverged"] and len(again.reports) == 1
+
+
 def test_freed_tensor_memory_is_kept_and_reused_without_faulting_its_pages_in_again():
     """keep_freed_memory (which the loops call): a step's large tensors, freed at its end, stay in
     the heap and the next step reuses their pages. (glibc's default returns them to the system

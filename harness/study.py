@@ -187,7 +187,8 @@ class SweepSpec(Strict):
     points: list[dict[str, Any]] = []     # grid only: each a mapping of dotted paths to values
     num_samples: int = Field(10, ge=1)    # optuna only
     sampler_seed: int = 0                 # optuna only
-    metric: str = "eval_top1"             # what optuna optimizes
+    # what optuna optimizes: a trial's final result (anything else never reaches Optuna)
+    metric: Literal["eval_top1", "eval_top5", "pretrain_loss"] = "eval_top1"
     early_stopping: EarlyStoppingSpec | None = None  # optional ASHA on the pre-training loss
     mode: Literal["max", "min"] = "max"
 

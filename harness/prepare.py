@@ -6,7 +6,7 @@ import sys
 
 import pandas as pd
 
-from .sources import DataError, check_files, resolve_source, split, stratified_subset
+from .sources import SPLITS, DataError, check_files, resolve_source, split, stratified_subset
 from .study import Study
 from .study_file import DataRead, data_sources
 
@@ -32,6 +32,7 @@ def prepare_data(study: Study, where: str = "") -> None:
             if key not in tables:
                 tables[key] = resolve_source(read.source, synth, progress=progress)
                 check_files(tables[key], read.source)
+                print(f"  {read.source}: {holding(tables[key])}", flush=True)
         except DataError as error:
             raise DataError(f"{where}{read.field}: {error}") from None
         problem = read_problem(tables[key], read)
@@ -40,6 +41,13 @@ def prepare_data(study: Study, where: str = "") -> None:
         clips_read.append((read, clips_of(tables[key], read)))
     for note in scored_clips_pretrained_on(clips_read, study.sweep.method == "optuna"):
         print(f"note: {where}{note}", file=sys.stderr, flush=True)
+
+
+def holding(table: pd.DataFrame) -> str:
+    """What a source holds, e.g. "13,320 clips of 101 classes (train 9,537, test 3,783)"."""
+    splits = table["split"].value_counts()
+    counts = ", ".join(f"{name} {splits[name]:,}" for name in SPLITS if name in splits)
+    return f"{len(table):,} clips of {table['label'].nunique()} classes ({counts})"
 
 
 def read_problem(table: pd.DataFrame, read: DataRead) -> str | None:

@@ -285,7 +285,8 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
     study_file = run_dir / STUDY_FILE  # what the report reads for the description and the gallery
     study_file.with_suffix(".partial").write_text(study.model_dump_json(indent=1))
     os.replace(study_file.with_suffix(".partial"), study_file)
-    print(f"{plan['trials']} trials, {plan['concurrent_trials']} at a time, "
+    trials = plan["trials"]
+    print(f"{trials} trial{'s' if trials != 1 else ''}, {min(trials, plan['concurrent_trials'])} at a time, "
           f"{plan['cpus_per_trial']:g} CPU / {plan['gpus_per_trial']:g} GPU each", flush=True)
     if ray_storage:
         print(f"checkpoints and trial state: {ray_storage.describe()}", flush=True)

@@ -184,6 +184,9 @@ def test_a_transfer_study_over_video_folders_in_the_public_datasets_formats(tmp_
     (tmp_path / "elsewhere").mkdir()
     done = harness("run", str(study), "--runs", str(tmp_path / "runs"), cwd=tmp_path / "elsewhere")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"  {on_ucf}: 16 clips of 2 classes (train 12, test 4)\n" in done.stdout  # what each source holds
+    assert f"  {on_ssv2}: 16 clips of 2 classes (train 12, val 4)\n" in done.stdout
+    assert "6 trials, 2 at a time, 1 CPU / 0 GPU each" in done.stdout
     trials = pd.read_parquet(tmp_path / "runs" / "transfer" / "trials.parquet")
     assert len(trials) == 6 and (trials["status"] == "ok").all() and (trials["skipped_videos"] == 0).all()
     assert set(trials["evaluate.source"]) == {on_ucf, on_ssv2} and trials["eval_top1"].between(0, 1).all()

@@ -177,7 +177,8 @@ def _hidden(name: str) -> bool:
 def _lines(list_file: Path) -> list[tuple[int, list[str]]]:
     """Non-empty lines as (line number, fields), split on a comma if the line has one."""
     out = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+    # utf-8-sig: a list saved by Excel or Notepad starts with a byte-order mark, which would join the first path
+    for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
             out.append((number, [p.strip() for p in (line.split(",") if "," in line else line.split())]))

@@ -108,7 +108,8 @@ def test_official_list_files_space_comma_header_and_data_root(tmp_path):
     with pytest.raises(DataError, match="train.csv line 2: label 'five' is not an integer"):
         resolve_source(f"list:{lists / 'train.csv'}")
     (lists / "train.csv").write_bytes(b"\xef\xbb\xbfa.mp4,3\r\nb.mp4,5\r\n")  # as Excel saves "CSV UTF-8"
-    assert resolve_source(f"list:{lists / 'train.csv'}")["path"].tolist() == [str(lists / "a.mp4"), str(lists / "b.mp4")]
+    from_excel = resolve_source(f"list:{lists / 'train.csv'}")
+    assert from_excel["path"].tolist() == [str(lists / "a.mp4"), str(lists / "b.mp4")]
     _tree(tmp_path / "videos", ["my clip.mp4"])  # a name with a space, in a space-separated list
     (lists / "train.csv").write_text("my clip.mp4 4\n")
     spaced = resolve_source(f"list:{lists / 'train.csv'}?root={tmp_path / 'videos'}")

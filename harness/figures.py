@@ -18,6 +18,17 @@ def parameters(trials: pd.DataFrame) -> list[str]:
     return [c for c in trials.columns if "." in c]
 
 
+def hashable(trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows with list-valued parameters (synth.speed: [0.3, 0.6], which Parquet gives back as
+    arrays) written as text, so that configurations can be grouped, compared and drawn."""
+    def text(value: Any) -> Any:
+        if isinstance(value, str) or not hasattr(value, "__len__"):
+            return value
+        return str(value.tolist() if hasattr(value, "tolist") else list(value))
+    listed = [name for name in parameters(trials) if trials[name].map(lambda v: text(v) is not v).any()]
+    return trials.assign(**{name: trials[name].map(text) for name in listed}) if listed else trials
+
+
 def summarize(trials: pd.DataFrame, by: list[str], metric: str = METRIC) -> pd.DataFrame:
     """Mean, 95% t-interval half-width and seed count of `metric` per configuration."""
     ok = trials[trials["status"] == "ok"]

@@ -39,7 +39,7 @@ def latest_checkpoint(storage: Storage, pretrain_run: str) -> dict | None:
 def declared_point(study: Study, row: pd.Series) -> dict[str, Any]:
     """Trial `row`'s sweep point, typed as the study declared it: Parquet keeps an integer column
     with gaps (decoder_depth, unset on the scratch point) as floats, and a model wants 8, not 8.0."""
-    point = {name: getattr(row[name], "item", lambda: row[name])()  # numpy -> python
+    point = {name: getattr(row[name], "tolist", lambda: row[name])()  # numpy scalars and arrays -> python
              for name in study.sweep.swept_names() if name in row and not _missing(row[name])}
     for name, value in point.items():
         spec = study.sweep.parameters.get(name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .figures import figures, parameters, summarize
+from .figures import figures, hashable, parameters, summarize
 from .findings import METRIC, findings
 from .gallery import gallery_png
 from .results import EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, read_trials
@@ -181,7 +181,8 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     <study>.<date>-<time> of a run set aside by --restart); then refresh the index. Returns the
     html path."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    trials = read_trials(run_dir)
+    rows = read_trials(run_dir)
+    trials = hashable(rows)
     facts = header(trials, _description(run_dir), planned_trials(run_dir))
     name = run_dir.resolve().name
     if name != facts["study"]:
@@ -190,7 +191,7 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     unfinished = unfinished_table(trials)
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_rows(run_dir, out_dir / name)
-    gallery = _gallery(run_dir, trials, out_dir / f"{name}_gallery.png")
+    gallery = _gallery(run_dir, rows, out_dir / f"{name}_gallery.png")  # the values as the trial ran them
 
     charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")
               for i, fig in enumerate(figures(trials))]
@@ -261,7 +262,7 @@ def status_table(run_dir: Path) -> str:
     planned = study.trial_count() if study else None
     if study and not (run_dir / TRIALS_FILE).exists():  # running: nothing recorded yet
         return f"{study.name} ({study.scale} scale): 0 of {planned} trials recorded\nno trial has finished yet"
-    trials = read_trials(run_dir)
+    trials = hashable(read_trials(run_dir))
     facts = header(trials, planned=planned)
     took = f", {facts['time it took']}" if "time it took" in facts else ""
     line = f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}{took}"

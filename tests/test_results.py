@@ -123,3 +123,28 @@ def test_report_and_status_of_a_study_whose_trials_all_failed(tmp_path, capsys):
                                                                "finished", "yet"]
     assert main(["ls", str(tmp_path / "runz")]) == 2
     assert capsys.readouterr().err == f"harness: {tmp_path / 'runz'}: no such runs folder\n"
+
+
+def test_report_and_status_of_a_swept_list_valued_setting(tmp_path, capsys):
+    """synth.speed takes a [min, max] pair; Parquet gives it back as arrays, which pandas cannot
+    group: `harness status` and `harness report` stopped with "unhashable type" tracebacks."""
+    from harness.cli import main
+    from harness.sweep import record_trial
+
+    path = tmp_path / "speed.yaml"
+    path.write_text("name: speed\nseeds: [0, 1]\nsweep: {parameters: {synth.speed: [[0.3, 0.6], [0.6, 1.0]]}}\n")
+    study = load_study(path)
+    run_dir = tmp_path / "runs" / "speed"
+    for index, speed in enumerate(([0.3, 0.6], [0.6, 1.0])):
+        for seed in (0, 1):
+            record_trial(run_dir, study, f"t{index}{seed}", {"point": {"synth.speed": speed}, "seed": seed},
+                         {"eval_top1": 0.2 + 0.1 * index + 0.01 * seed, "eval_top5": 0.9, "pretrain_loss": 0.9,
+                          "wall_time_s": 60.0, "cpu_seconds": 60.0, "gpu_seconds": 0.0, "eval_protocol": "knn"})
+    assert main(["status", str(run_dir)]) == 0
+    assert [line.split()[:3] for line in capsys.readouterr().out.splitlines()[2:]] == [
+        ["[0.6,", "1.0]", "0.305"], ["[0.3,", "0.6]", "0.205"]]
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "reports")]) == 0
+    assert "| [0.6, 1.0] | 0.305 | " in (tmp_path / "reports" / "speed.md").read_text()
+    row = pd.read_parquet(run_dir / "trials.parquet").iloc[0]  # the gallery rebuilds the trial from its row
+    assert declared_point(study, row) == {"synth.speed": [0.3, 0.6]}
+    assert study.experiment(declared_point(study, row)).synth.speed == (0.3, 0.6)

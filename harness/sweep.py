@@ -5,6 +5,7 @@ import importlib.metadata
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -276,6 +277,9 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
     prepare_data(study, where)
     if start_ray(address, verbose):  # a local Ray ends with its driver, and leaves nothing behind
         remove_leaked_placement_groups()
+    # A job scheduler's stop (SIGTERM: Slurm, Kubernetes, `timeout`) ends the run as Ctrl+C does, so Tune
+    # saves its state and the unfinished trials are counted; Ray's own handler printed a crash dump.
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     plan = resource_plan(study, ray.cluster_resources(), where)
     if restart and (aside := set_aside(run_dir)):  # nothing is written here before the plan fits
         print(f"the earlier run of {study.name} is kept in {aside}", flush=True)

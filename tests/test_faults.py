@@ -163,14 +163,20 @@ def test_driver_killed_then_rerun_completes_each_trial_once(phase, tmp_path, clu
         assert (after.loc[sorted(interrupted["pretrain"]), "resumed_from_epoch"] >= 1).all()
 
 
-def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluster):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluster, stop):
+    """Ctrl+C, or a job scheduler's SIGTERM (Slurm, Kubernetes, `timeout`), for which Ray's own
+    handler printed a crash dump and the command exited 1 without counting what was left."""
     sections, _ = PHASES["pretraining"]
     study = write_study(tmp_path, "interrupted", **sections)
     run_dir = tmp_path / "runs" / "interrupted"
     driver = start(study, cluster, tmp_path)
     wait_for(lambda: unfinished_with_checkpoint(run_dir, "pretrain"), driver)
     interrupted = unfinished_with_checkpoint(run_dir, "pretrain")
-    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl+C in a terminal sends
+    if stop == "ctrl-c":
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl+C in a terminal sends: to the whole group
+    else:
+        os.kill(driver.pid, signal.SIGTERM)  # to the command alone
     code, output = finish(driver)
     assert code == 130, output[-5000:]
     assert "interrupted: 2 trial(s) did not finish; run the same command again to resume" in output

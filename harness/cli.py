@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .results import StorageError
+from .results import TRIALS_FILE, StorageError
 from .sources import DataError
 from .study import DEFAULT_SCALE, SCALES, StudyError
 from .study_file import DataRead, data_sources, load_study
@@ -37,7 +37,8 @@ def _run(args: argparse.Namespace) -> int:
 
     run_dir, failed, unfinished = run_study(study, args.runs, address=args.address, restart=args.restart,
                                             verbose=args.verbose, source=args.study, storage=args.storage)
-    print(f"report: harness report {shlex.quote(str(run_dir))}")  # a line to paste, spaces and all
+    if (run_dir / TRIALS_FILE).exists():
+        print(f"report: harness report {shlex.quote(str(run_dir))}")  # a line to paste, spaces and all
     if unfinished:
         print(f"interrupted: {unfinished} trial(s) did not finish; run the same command again to resume",
               file=sys.stderr)
@@ -76,7 +77,6 @@ def _output_folder(option: str, path: str) -> Path:
 
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .results import TRIALS_FILE
 
     folders = []
     for given in map(Path, args.runs):  # a runs folder stands for every study run in it

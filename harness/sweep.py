@@ -331,7 +331,9 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
         reconcile(run_dir, study, result)
     done = sum(1 for r in grid if r.error is None and r.metrics.get("stage") == "done")
     failed = sum(1 for r in grid if r.error is not None)
-    print(f"{done} trials finished, {failed} failed; results: {run_dir / TRIALS_FILE}", flush=True)
+    results = run_dir / TRIALS_FILE
+    print(f"{done} trial{'s' if done != 1 else ''} finished, {failed} failed; "
+          + (f"results: {results}" if results.exists() else "no results yet"), flush=True)
     return run_dir, failed, unfinished_trials(run_dir, grid, plan["trials"])
 
 

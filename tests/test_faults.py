@@ -180,6 +180,7 @@ def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluste
     code, output = finish(driver)
     assert code == 130, output[-5000:]
     assert "interrupted: 2 trial(s) did not finish; run the same command again to resume" in output
+    assert "0 trials finished, 0 failed; no results yet" in output and "report:" not in output  # nothing to report
     assert "Tuner.restore" not in output  # Tune's own resume advice, which a harness user cannot follow
     # A trial Ctrl+C stopped is not a row (it was once recorded as stopped early by ASHA, for good)
     assert not (run_dir / "trials.parquet").exists()

@@ -9,6 +9,7 @@ import socket
 import ray
 
 from .study import StudyError
+from .synth import default_cache_dir
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 AUTH_MODE_ENV, TOKEN_COMMAND = "RAY_AUTH_MODE", "`ray get-auth-token`"  # Ray's token authentication
@@ -70,7 +71,7 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     # The data settings the workers read (named here: harness.data imports torch, the driver does not).
     env = {k: os.environ[k] for k in ("VIDEOMAE_HARNESS_CACHE", "VIDEOMAE_HARNESS_DECODE_CACHE_MB") if k in os.environ}
     if "VIDEOMAE_HARNESS_CACHE" in env:  # as this shell means it: a trial runs in a working folder of its own
-        env["VIDEOMAE_HARNESS_CACHE"] = os.path.abspath(os.path.expanduser(env["VIDEOMAE_HARNESS_CACHE"]))
+        env["VIDEOMAE_HARNESS_CACHE"] = str(default_cache_dir().absolute())
     # Ray Train's controller polls its workers this often (default 2 s), and a stage's start
     # and end each wait for polls: 0.5 s saves a few seconds per trial (BENCHMARKS.md).
     env[TRAIN_POLL_ENV] = os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)

@@ -29,7 +29,8 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"    {name}: {values if isinstance(values, list) else values.model_dump()}")
         res, reads = study.resources, data_sources(study)
         print(f"each trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU, "
-              f"{res.gpus_per_worker:g} GPU; pre-train {study.pretrain.epochs} epochs on "
+              f"{res.gpus_per_worker:g} GPU, {res.loader_processes()} loader process(es) each; "
+              f"pre-train {study.pretrain.epochs} epochs on "
               f"{_sources(reads, 'pretrain')}, evaluate ({study.evaluate.protocol}) on {_sources(reads, 'evaluate')}")
         _note_missing_paths(reads)
         return 0

@@ -16,16 +16,17 @@ always full and made of real clips. Missing files are caught before training by
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from models import IMAGENET_MEAN, IMAGENET_STD
 
@@ -296,3 +297,47 @@ def collate_views(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, 
         views = videos.shape[1]
         return videos.flatten(0, 1), labels.repeat_interleave(views)
     return videos, labels
+
+
+# ----------------------------------------------------------------------------- batches
+class ClipLoader:
+    """Batches of a ClipDataset, loaded in `workers` processes (0: in this one, between steps).
+
+    A loader process skips bad files in its own copy of the dataset; each batch brings that
+    copy's `skipped` back and it is merged into `dataset.skipped` here, so the trial counts them
+    and its checkpoint remembers them. The processes are started anew each epoch (not kept), so
+    they see the epoch `set_epoch` set and the files skipped so far. `flatten_views`: several
+    views of a clip become clips of their own (training, V2's num_sample); else (B, V, ...)."""
+
+    def __init__(self, dataset: ClipDataset, batch_size: int, sampler: Iterable[int] | None = None, *,
+                 workers: int = 0, flatten_views: bool = True, drop_last: bool = False, pin_memory: bool = False):
+        self.dataset = dataset
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                                 num_workers=workers, pin_memory=pin_memory,
+                                 collate_fn=functools.partial(_collate_with_skips, flatten_views=flatten_views))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            for videos, labels, skipped in self.loader:
+                self.dataset.skipped.update(skipped)
+                yield videos, labels
+        except DataError as error:  # from a loader process: the message is its whole traceback
+            raise DataError(_original_message(str(error))) from None
+
+
+def _collate_with_skips(batch: list[tuple[torch.Tensor, int]], flatten_views: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
+    worker = get_worker_info()  # None in the training process, which updates dataset.skipped itself
+    videos, labels = collate_views(batch) if flatten_views else default_collate(batch)
+    return videos, labels, dict(worker.dataset.skipped) if worker else {}
+
+
+def _original_message(message: str) -> str:
+    """The one-line message of an exception re-raised from a DataLoader process, whose text is
+    "Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...\nmodule.DataError: <message>"."""
+    if not message.startswith("Caught "):
+        return message
+    return message.rstrip().splitlines()[-1].partition(": ")[2]

@@ -8,11 +8,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
 
 from models import VideoEncoder, temporal_features
 
-from .data import ClipDataset, decode_cache_mb
+from .data import ClipDataset, ClipLoader, decode_cache_mb
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, resolved_precision, skipped_files
 from .session import Session, all_gather, checkpoint_folder, keep_freed_memory, machine
 from .sources import DataError, check_files, resolve_source, split, stratified_subset
@@ -33,9 +32,10 @@ def extract_features(encoder: VideoEncoder, dataset: ClipDataset, session: Sessi
                      batch_size: int, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of every clip; each worker extracts its share, then all gather."""
     encoder.eval()
-    shard = Subset(dataset, range(session.rank, len(dataset), session.world_size))
+    shard = range(session.rank, len(dataset), session.world_size)
     parts = []
-    for video, labels in DataLoader(shard, batch_size=batch_size):
+    for video, labels in ClipLoader(dataset, batch_size, shard, workers=session.loader_workers, flatten_views=False,
+                                    pin_memory=session.device.type == "cuda"):
         views = video.shape[1] if video.dim() == 6 else 1  # several clips/crops: average them
         with autocast(precision, session.device):
             tokens = encoder(video.flatten(0, 1).to(session.device) if views > 1 else video.to(session.device))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DistributedSampler
 
 from models import VideoClassifier, layer_decay_groups
 
-from .data import ClipDataset, collate_views
+from .data import ClipDataset, ClipLoader
 from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, lr_at, skipped_files
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder
@@ -36,9 +36,10 @@ def predict(model: torch.nn.Module, dataset: ClipDataset, session: Session, batc
             precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax scores averaged over each clip's test views, and labels, gathered from every worker."""
     model.eval()
-    shard = Subset(dataset, range(session.rank, len(dataset), session.world_size))
+    shard = range(session.rank, len(dataset), session.world_size)
     parts = []
-    for video, labels in DataLoader(shard, batch_size=batch_size):
+    for video, labels in ClipLoader(dataset, batch_size, shard, workers=session.loader_workers, flatten_views=False,
+                                    pin_memory=session.device.type == "cuda"):
         views = video.shape[1] if video.dim() == 6 else 1
         with autocast(precision, session.device):
             logits = model(video.flatten(0, 1).to(session.device) if views > 1 else video.to(session.device))
@@ -70,7 +71,8 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
     train_set = eval_dataset(experiment, train_table, train=True, seed=seed)
     per_worker = max(1, min(recipe.batch_size, len(train_set)) // session.world_size)
     sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(train_set, batch_size=per_worker, sampler=sampler, drop_last=True, collate_fn=collate_views)
+    loader = ClipLoader(train_set, per_worker, sampler, workers=session.loader_workers, drop_last=True,
+                        pin_memory=device.type == "cuda")
     steps, diverged_at = len(loader), None
     for epoch in range(start_epoch, recipe.epochs):
         model.train()

@@ -18,6 +18,7 @@ import torch.distributed as dist
 class Session:
     rank: int = 0
     world_size: int = 1
+    loader_workers: int = 0  # processes that load clips beside the training one (resources.loader_workers)
 
     def __init__(self, checkpoint_root: str | Path | None = None):
         self.checkpoint_root = Path(checkpoint_root) if checkpoint_root else None

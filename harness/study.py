@@ -142,6 +142,22 @@ class ResourcesSpec(Strict):
     # with no Train worker group to start for each (most of Ray's cost on short trials).
     # False: always a worker group.
     local_mode: bool = True
+    # Processes per worker that decode and augment clips while it trains. auto: on GPUs all the
+    # worker's CPUs but one (the GPU would otherwise wait on decoding); on CPUs none, since the
+    # cores do the model's maths and loading runs between steps (BENCHMARKS.md: several times ahead).
+    loader_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("loader_workers", mode="before")
+    @classmethod
+    def _processes(cls, value: Any) -> Any:
+        if value != "auto" and (type(value) is not int or value < 0):
+            raise ValueError(f"a number of processes (0, 1, ...) or auto, not {value!r}")
+        return value
+
+    def loader_processes(self) -> int:
+        if self.loader_workers != "auto":
+            return self.loader_workers
+        return max(0, int(self.cpus_per_worker) - 1) if self.gpus_per_worker > 0 else 0
 
 
 class Distribution(Strict):

@@ -53,7 +53,8 @@ def run_stage(worker: Callable[..., None], name: str, study: Study, storage: Sto
               loop_config: dict) -> tuple[dict, ray.train.Checkpoint | None]:
     """Run one stage named `name` as a Ray Train run (relaunching it resumes it); its last
     metrics and checkpoint."""
-    loop_config = {**loop_config, "cpus_per_worker": study.resources.cpus_per_worker}
+    loop_config = {**loop_config, "cpus_per_worker": study.resources.cpus_per_worker,
+                   "loader_workers": study.resources.loader_processes()}
     if in_trial_process(study):
         from .worker import LocalRunSession
 

@@ -110,7 +110,9 @@ def local_folder(checkpoint: ray.train.Checkpoint | None) -> Iterator[Path | Non
 def _worker_setup(config: dict, session: Session | None) -> tuple[Experiment, int, Session]:
     # Ray sets OMP threads from the CPU share (fractions become 1): size torch's pool ourselves.
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    return Experiment.model_validate(config["experiment"]), config["seed"], session or RayTrainSession()
+    session = session or RayTrainSession()
+    session.loader_workers = config.get("loader_workers", 0)
+    return Experiment.model_validate(config["experiment"]), config["seed"], session
 
 
 # The loops import the model (timm, about 3 s) where a stage runs only: the Train controller,

@@ -127,7 +127,8 @@ def test_missing_files_fail_before_training_listing_the_first_few(files, tmp_pat
         pretrain_dataset(experiment, 0)
 
 
-def test_skipped_videos_reach_the_trial_metrics(files, tmp_path):
+@pytest.mark.parametrize("loader_workers", [0, 2])
+def test_skipped_videos_reach_the_trial_metrics(files, tmp_path, loader_workers):
     params = SynthParams(train_clips=16, val_clips=8, frames=16, size=32)
     table = pd.read_csv(generate(params, tmp_path, workers=1))
     broken = {"train/000003.mp4": files["empty"], "train/000005.mp4": files["corrupt_frames"],
@@ -137,14 +138,17 @@ def test_skipped_videos_reach_the_trial_metrics(files, tmp_path):
     source = f"manifest:{tmp_path / 'manifest.csv'}"
     experiment = Experiment.model_validate({"pretrain": {"source": source, "epochs": 1, "batch_size": 8},
                                             "evaluate": {"source": source, "epochs": 5}})
-    session = Session(tmp_path / "ckpt")
+    session, evaluation = Session(tmp_path / "ckpt"), Session()
+    session.loader_workers = evaluation.loader_workers = loader_workers  # skipped in loader processes too
     pretrain(experiment, 0, session)
     assert session.reports[-1]["skipped_videos"] == 2
     assert sorted(session.reports[-1]["skipped_files"]) == sorted(str(tmp_path / r) for r in list(broken)[:2])
     with session.latest_checkpoint() as checkpoint:
-        metrics = evaluate(experiment, 0, Session(), checkpoint)
+        metrics = evaluate(experiment, 0, evaluation, checkpoint)
     assert metrics["skipped_videos"] == 3 and metrics["val_clips"] == 8
     strict = Experiment.model_validate({**experiment.model_dump(), "on_error": "raise"})
-    with pytest.raises(DataError, match="bad video .*train/00000[35].mp4"):
-        pretrain(strict, 0, Session(tmp_path / "strict"))
+    with pytest.raises(DataError, match="^bad video .*train/00000[35].mp4: [^\n]*$"):
+        strict_session = Session(tmp_path / "strict")
+        strict_session.loader_workers = loader_workers
+        pretrain(strict, 0, strict_session)
     assert len(table) == 24

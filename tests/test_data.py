@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.cli import main
-from harness.data import (SCALES, ClipDataset, collate_views, crop_resize, eval_boxes, fit_stride,
+from harness.data import (SCALES, ClipDataset, ClipLoader, collate_views, crop_resize, eval_boxes, fit_stride,
                           multiscale_box, random_window, segment_indices, spaced_windows)
 from harness.render import render_clip
+from harness.sources import DataError
 from harness.synth import MOTIONS, SynthParams, ensure_synth, generate
 from models import unnormalize
 from conftest import REPO
@@ -195,6 +196,36 @@ def test_short_videos_are_decoded_once_within_the_cache_budget(tmp_path):
     assert torch.equal(partial[0][0], second[0])  # kept
     partial[5]  # a missing file now: skipped (and stood in for by a kept clip)
     assert paths[5] in partial.skipped and paths[0] not in partial.skipped
+
+
+def test_loader_processes_give_the_batches_of_the_training_process(tmp_path):
+    """resources.loader_workers: clips decoded in other processes are the same clips, each epoch's
+    own, and a bad file one of them skips reaches the dataset the trial reads its count from."""
+    params = SynthParams(train_clips=10, val_clips=1, size=32)
+    manifest = pd.read_csv(generate(params, tmp_path, workers=1))
+    paths = [str(tmp_path / p) for p in manifest["path"][:10]]
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    paths[3] = str(tmp_path / "empty.mp4")
+
+    def epochs(workers):
+        dataset = ClipDataset(paths, list(range(10)), num_frames=8, size=24, stride=2, num_sample=2, seed=1)
+        loader = ClipLoader(dataset, 4, range(10), workers=workers, drop_last=True)
+        batches = []
+        for epoch in range(2):
+            dataset.set_epoch(epoch)
+            batches += list(loader)
+        return dataset, batches
+    (here, in_process), (there, in_loaders) = epochs(0), epochs(2)
+    assert len(in_process) == len(in_loaders) == 4 and in_process[0][0].shape == (8, 3, 8, 24, 24)
+    for (video, labels), (other_video, other_labels) in zip(in_process, in_loaders):
+        assert torch.equal(video, other_video) and torch.equal(labels, other_labels)
+    assert not torch.equal(in_process[0][0], in_process[2][0])  # a new window and crops each epoch
+    assert 3 not in torch.cat([labels for _, labels in in_loaders]).tolist()  # stood in for
+    assert list(there.skipped) == list(here.skipped) == [paths[3]]
+    strict = ClipDataset(paths, list(range(10)), num_frames=8, size=24, on_error="raise")
+    with pytest.raises(DataError) as error:
+        list(ClipLoader(strict, 2, range(10), workers=2))
+    assert str(error.value) == f"bad video {paths[3]}: empty file (0 bytes)"
 
 
 def test_sampling_is_the_same_in_another_process():

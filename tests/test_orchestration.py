@@ -24,7 +24,8 @@ def run(study, cluster, cwd):
 
 def test_grid_with_scratch_baseline_and_two_gloo_workers_across_two_nodes(tmp_path, cluster):
     study = write_study(tmp_path, "baseline", sweep={"parameters": {"pretrain.method": ["videomae", "scratch"]}},
-                        resources={"workers_per_trial": 2, "cpus_per_worker": 1})
+                        # each Train worker loads its clips in a process of its own, as on a GPU node
+                        resources={"workers_per_trial": 2, "cpus_per_worker": 1, "loader_workers": 1})
     run(study, cluster, tmp_path)
     trials = pd.read_parquet(tmp_path / "runs" / "baseline" / "trials.parquet").set_index("pretrain.method")
     assert sorted(trials.index) == ["scratch", "videomae"] and (trials["workers"] == 2).all()

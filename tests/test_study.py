@@ -132,6 +132,10 @@ def test_resource_plan_fits_trials_to_the_cluster(tmp_path):
     gpu = study.model_copy(update={"resources": study.resources.model_copy(update={"gpus_per_worker": 1})})
     with pytest.raises(StudyError, match="needs 1 GPUs, the cluster has 0"):
         resource_plan(gpu, {"CPU": 2})
+    # Loader processes beside each worker: on GPUs every CPU but the worker's own, on CPUs none.
+    assert study.resources.loader_processes() == 0
+    assert load_study(MASK_RATIO, "paper", check_paths=False).resources.loader_processes() == 7  # 8 CPUs, 1 GPU
+    assert gpu.resources.model_copy(update={"loader_workers": 0}).loader_processes() == 0
 
 
 def test_points_cross_the_grid_and_seeds(tmp_path):

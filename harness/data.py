@@ -303,17 +303,20 @@ def collate_views(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, 
 class ClipLoader:
     """Batches of a ClipDataset, loaded in `workers` processes (0: in this one, between steps).
 
-    A loader process skips bad files in its own copy of the dataset; each batch brings that
-    copy's `skipped` back and it is merged into `dataset.skipped` here, so the trial counts them
-    and its checkpoint remembers them. The processes are started anew each epoch (not kept), so
-    they see the epoch `set_epoch` set and the files skipped so far. `flatten_views`: several
+    The processes are started once and kept, with their own copies of the dataset: each index
+    they get carries the epoch `set_epoch` set here (so every epoch has its own windows and crops),
+    and each keeps the short clips it decoded, as the training process would. A process skips bad
+    files in its copy; each batch brings that copy's `skipped` back, merged into `dataset.skipped`
+    here, so the trial counts them and its checkpoint remembers them. `flatten_views`: several
     views of a clip become clips of their own (training, V2's num_sample); else (B, V, ...)."""
 
     def __init__(self, dataset: ClipDataset, batch_size: int, sampler: Iterable[int] | None = None, *,
                  workers: int = 0, flatten_views: bool = True, drop_last: bool = False, pin_memory: bool = False):
         self.dataset = dataset
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                                 num_workers=workers, pin_memory=pin_memory,
+        indices = range(len(dataset)) if sampler is None else sampler
+        self.loader = DataLoader(_AtEpoch(dataset), batch_size=batch_size, sampler=_EpochIndices(indices, dataset),
+                                 drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
+                                 pin_memory=pin_memory,
                                  collate_fn=functools.partial(_collate_with_skips, flatten_views=flatten_views))
 
     def __len__(self) -> int:
@@ -328,11 +331,38 @@ class ClipLoader:
             raise DataError(_original_message(str(error))) from None
 
 
+class _EpochIndices:
+    """The sampler's indices, each as (epoch, index): a kept loader process learns the epoch."""
+
+    def __init__(self, indices: Iterable[int], dataset: ClipDataset):
+        self.indices, self.dataset = indices, dataset
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.dataset.epoch
+        return ((epoch, index) for index in self.indices)
+
+
+class _AtEpoch(Dataset):
+    def __init__(self, dataset: ClipDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = item
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
 def _collate_with_skips(batch: list[tuple[torch.Tensor, int]], flatten_views: bool
                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
     worker = get_worker_info()  # None in the training process, which updates dataset.skipped itself
     videos, labels = collate_views(batch) if flatten_views else default_collate(batch)
-    return videos, labels, dict(worker.dataset.skipped) if worker else {}
+    return videos, labels, dict(worker.dataset.dataset.skipped) if worker else {}
 
 
 def _original_message(message: str) -> str:

@@ -200,7 +200,8 @@ def test_short_videos_are_decoded_once_within_the_cache_budget(tmp_path):
 
 def test_loader_processes_give_the_batches_of_the_training_process(tmp_path):
     """resources.loader_workers: clips decoded in other processes are the same clips, each epoch's
-    own, and a bad file one of them skips reaches the dataset the trial reads its count from."""
+    own, short clips are kept decoded there, and a bad file one of them skips reaches the dataset
+    the trial reads its count from."""
     params = SynthParams(train_clips=10, val_clips=1, size=32)
     manifest = pd.read_csv(generate(params, tmp_path, workers=1))
     paths = [str(tmp_path / p) for p in manifest["path"][:10]]
@@ -226,6 +227,18 @@ def test_loader_processes_give_the_batches_of_the_training_process(tmp_path):
     with pytest.raises(DataError) as error:
         list(ClipLoader(strict, 2, range(10), workers=2))
     assert str(error.value) == f"bad video {paths[3]}: empty file (0 bytes)"
+    # Kept loader processes keep the clips no longer than a window they decoded, as the training
+    # process does: the next epoch reads no file.
+    def whole_clips(workers):
+        dataset = ClipDataset(paths, list(range(10)), num_frames=16, size=24, num_sample=2, seed=1, cache_mb=1)
+        return dataset, ClipLoader(dataset, 4, range(10), workers=workers, drop_last=True)
+    (_, reference), (kept, loader) = whole_clips(0), whole_clips(2)
+    first = list(loader)
+    assert all(torch.equal(video, other) for (video, _), (other, _) in zip(first, reference))
+    for path in paths[:3] + paths[4:]:
+        os.remove(path)
+    kept.set_epoch(1)
+    assert len(list(loader)) == 2 and list(kept.skipped) == [paths[3]]
 
 
 def test_sampling_is_the_same_in_another_process():

@@ -54,8 +54,6 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
     spec, recipe, device = experiment.evaluate, experiment.evaluate.finetune, session.device
     train_table, val_table, num_classes = labelled_tables(experiment)
     model = build_classifier(experiment, seed, checkpoint, num_classes)
-    groups = layer_decay_groups(model, recipe.lr, recipe.weight_decay, recipe.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), fused=True)
     start_epoch, history = 0, []
     with session.latest_checkpoint() as latest:
         state = torch.load(latest / CHECKPOINT_FILE, map_location="cpu", weights_only=True) if latest else None
@@ -63,10 +61,13 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
         if "metrics" in state:  # tested before an interruption: hand back the result
             return report_final(session, state["metrics"], state)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
     model = session.prepare_model(model)
     core = getattr(model, "module", model)
+    groups = layer_decay_groups(core, recipe.lr, recipe.weight_decay, recipe.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), fused=True)
+    if state:  # loaded once the model is on its device, which the optimizer's state then follows
+        optimizer.load_state_dict(state["optimizer"])
 
     train_set = eval_dataset(experiment, train_table, train=True, seed=seed)
     per_worker = max(1, min(recipe.batch_size, len(train_set)) // session.world_size)
@@ -78,6 +79,9 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
         model.train()
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
+        # Drop path draws from torch's global generator: seeded by epoch, a resumed run draws what
+        # the uninterrupted one would have (and each worker its own).
+        torch.manual_seed(seed * 1000 + session.rank + 7919 * epoch)
         started, loss_sum, clips = time.perf_counter(), 0.0, 0
         for step, (video, labels) in enumerate(loader):
             lr = lr_at(epoch * steps + step, recipe.epochs * steps, recipe.warmup_epochs * steps,

@@ -89,8 +89,6 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     keep_freed_memory()
     spec, device = experiment.pretrain, session.device
     model = build_pretrain_model(experiment, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),
-                                  weight_decay=spec.weight_decay, fused=True)  # one pass, not ~10 foreach ops
     start_epoch, history, skipped = 0, [], {}
     with session.latest_checkpoint() as checkpoint:
         state = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=True) if checkpoint else None
@@ -100,12 +98,15 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
             return
     if state:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
         skipped = state.get("skipped", {})
     resumed_from = start_epoch
     model = session.prepare_model(model)
     core = getattr(model, "module", model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),
+                                  weight_decay=spec.weight_decay, fused=True)  # one pass, not ~10 foreach ops
+    if state:  # loaded once the model is on its device, which the optimizer's state then follows
+        optimizer.load_state_dict(state["optimizer"])
 
     dataset = pretrain_dataset(experiment, seed)
     dataset.skipped.update(skipped)  # known bad files are not decoded (or logged) again

@@ -5,6 +5,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from harness.evaluate import evaluate
 from harness.pretrain import pretrain
 from harness.session import Session, checkpoint_folder
@@ -27,6 +29,38 @@ def test_pretrain_reports_each_epoch_then_resumes_where_it_stopped(tmp_path):
     pretrain(longer, seed=0, session=resumed)
     assert [r["epoch"] for r in resumed.reports] == [3]  # epochs 1-2 came from the checkpoint
     assert resumed.reports[0]["loss_curve"][:2] == session.reports[-1]["loss_curve"]
+
+
+class StoppedAfter(Session):
+    """A session whose process is stopped (as by a kill) once `epochs` epochs are checkpointed."""
+
+    def __init__(self, root, epochs):
+        super().__init__(root)
+        self.epochs = epochs
+
+    def report(self, metrics, checkpoint_dir=None):
+        super().report(metrics, checkpoint_dir)
+        if len(self.reports) == self.epochs:
+            raise KeyboardInterrupt
+
+
+def test_a_stopped_run_resumes_to_the_run_it_would_have_been(tmp_path):
+    """Weights, optimizer state, schedule and sampling all come back: the resumed epochs are the
+    uninterrupted run's, to the bit."""
+    pretraining = Experiment.model_validate({**TINY, "pretrain": {"epochs": 3, "batch_size": 16}})
+    finetuning = Experiment.model_validate({**TINY, "evaluate": {**TINY["evaluate"], "protocol": "finetune",
+                                                                  "finetune": {"epochs": 3, "batch_size": 16}}})
+    for name, run in (("pretrain", lambda e, s: pretrain(e, 0, s)), ("finetune", lambda e, s: evaluate(e, 0, s, None))):
+        experiment = pretraining if name == "pretrain" else finetuning
+        whole = Session(tmp_path / name / "whole")
+        run(experiment, whole)
+        with pytest.raises(KeyboardInterrupt):
+            run(experiment, StoppedAfter(tmp_path / name / "stopped", 2))
+        resumed = Session(tmp_path / name / "stopped")
+        run(experiment, resumed)
+        curve = "loss_curve" if name == "pretrain" else "finetune_loss_curve"
+        assert len(whole.reports[-1][curve]) == 3 and resumed.reports[-1][curve] == whole.reports[-1][curve], name
+        assert len(resumed.reports) == (1 if name == "pretrain" else 2)  # epoch 3 (and the test) ran again
 
 
 def test_evaluate_pretrained_and_scratch_encoders(tmp_path):

@@ -63,6 +63,15 @@ def random_window(length: int, num_frames: int, stride: int, rng: random.Random)
     return window(rng.randint(0, max(0, length - span)), length, num_frames, stride)
 
 
+def random_segments(length: int, num_frames: int, rng: random.Random) -> list[int]:
+    """One random frame in each of T equal segments (TSN training, as the VideoMAE code fine-tunes
+    on SSV2); a video shorter than T frames repeats frames in order."""
+    segment = length // num_frames
+    if segment == 0:
+        return [length * i // num_frames for i in range(num_frames)]
+    return [i * segment + rng.randrange(segment) for i in range(num_frames)]
+
+
 def spaced_windows(length: int, num_frames: int, stride: int, clips: int) -> list[list[int]]:
     """`clips` windows with evenly spaced starts (dense sampling, Kinetics-style testing)."""
     stride = fit_stride(length, num_frames, stride)
@@ -184,14 +193,18 @@ class ClipDataset(Dataset):
     train=True: one random window of `num_frames` at `stride` per decode, new each epoch
     (set_epoch), and `num_sample` views of it, each with its own multi-scale crop (and flip if
     `flip`): VideoMAE V2's repeated augmentation, which halves decoding per clip at num_sample=2.
-    train=False: `test_clips` x `test_crops` views; `sampling` "segment" (TSN) or "window".
+    train=False: `test_clips` x `test_crops` views.
+    `sampling`: "window" (T frames at `stride`: a random window in training, `test_clips` evenly
+    spaced ones in testing) or "segment" (one frame in each of T equal segments, TSN style: a
+    random one in training, at offsets (k + 0.5) / test_clips in testing). None: window in
+    training (pre-training, always), segment in testing.
     `cache_mb`: videos no longer than what one decode reads (the synthetic clips of the studies)
     are kept decoded, up to this many MB per process, so later epochs only augment them."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], num_frames: int, size: int,
                  stride: int = 1, train: bool = True, seed: int = 0, *, num_sample: int = 1,
                  scales: Sequence[float] = SCALES, flip: bool = False, test_clips: int = 1,
-                 test_crops: int = 1, sampling: Literal["segment", "window"] = "segment",
+                 test_crops: int = 1, sampling: Literal["segment", "window"] | None = None,
                  on_error: OnError = "skip", cache_mb: float = 0):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be skip or raise, not {on_error!r}")
@@ -201,7 +214,8 @@ class ClipDataset(Dataset):
         self.num_frames, self.size, self.stride = num_frames, size, stride
         self.train, self.seed, self.epoch = train, seed, 0
         self.num_sample, self.scales, self.flip = num_sample, tuple(scales), flip
-        self.test_clips, self.test_crops, self.sampling = test_clips, test_crops, sampling
+        self.test_clips, self.test_crops = test_clips, test_crops
+        self.sampling = sampling or ("window" if train else "segment")
         self.on_error = on_error
         self.skipped: dict[str, str] = {}  # path -> reason, in this process
         self.cache_room = int(cache_mb * 2**20)  # bytes of uint8 frames still to keep
@@ -223,8 +237,11 @@ class ClipDataset(Dataset):
 
     def frame_indices(self, length: int, index: int) -> list[list[int]]:
         """One index list per temporal view of item `index` for a video of `length` frames."""
-        if self.train:  # one window per decode; its num_sample views differ in space (as V2)
-            return [random_window(length, self.num_frames, self.stride, self._rng(index, "time"))]
+        if self.train:  # one draw per decode; its num_sample views differ in space (as V2)
+            rng = self._rng(index, "time")
+            if self.sampling == "segment":
+                return [random_segments(length, self.num_frames, rng)]
+            return [random_window(length, self.num_frames, self.stride, rng)]
         if self.sampling == "window":
             return spaced_windows(length, self.num_frames, self.stride, self.test_clips)
         return segment_indices(length, self.num_frames, self.test_clips)

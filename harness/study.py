@@ -131,6 +131,9 @@ class EvaluateSpec(Strict):
     batch_size: int = Field(64, ge=1)      # feature extraction and testing batch
     test_clips: int = Field(1, ge=1)       # temporal views per video, features averaged
     test_crops: Literal[1, 3] = 1          # spatial views: centre, or both ends and centre
+    # Frames of a clip for evaluation: segment = one per T equal segments (TSN; the VideoMAE code
+    # on SSV2), random in fine-tuning; window = T frames at pretrain.stride (the code on Kinetics)
+    sampling: Literal["segment", "window"] = "segment"
 
 
 class ResourcesSpec(Strict):

@@ -15,9 +15,12 @@ from PIL import Image
 
 from harness.cli import main
 from harness.data import (SCALES, ClipDataset, ClipLoader, collate_views, crop_resize, eval_boxes, fit_stride,
-                          multiscale_box, random_window, segment_indices, spaced_windows)
+                          multiscale_box, random_segments, random_window, segment_indices,
+                          spaced_windows)
+from harness.evaluate import eval_dataset
 from harness.render import render_clip
 from harness.sources import DataError
+from harness.study import Experiment
 from harness.synth import MOTIONS, SynthParams, ensure_synth, generate
 from models import unnormalize
 from conftest import REPO
@@ -103,6 +106,27 @@ def test_temporal_sampling():
     assert segment_indices(16, 4, 2) == [[1, 5, 9, 13], [3, 7, 11, 15]]
     first, last = spaced_windows(100, 4, 4, 2)
     assert np.all(np.diff(first) == 4) and first[0] < last[0] and last[-1] < 100
+    assert [index // 25 for index in random_segments(100, 4, rng)] == [0, 1, 2, 3]  # one in each quarter
+    assert random_segments(3, 5, rng) == [0, 0, 1, 1, 2]  # shorter than T: frames repeat in order
+
+
+def test_evaluation_samples_frames_as_the_study_says():
+    """evaluate.sampling: TSN segments (the VideoMAE code on SSV2, the default) or windows at
+    pretrain.stride (its Kinetics protocol), in fine-tuning and in testing; pre-training: windows."""
+    table = pd.DataFrame({"path": ["clip.mp4"], "label": [0]})
+    segments, windows = (Experiment.model_validate({"pretrain": {"stride": 4}, "evaluate": {
+        "sampling": sampling, "test_clips": 2}}) for sampling in ("segment", "window"))
+    tuning = eval_dataset(segments, table, train=True)
+    draws = []
+    for epoch in range(2):
+        tuning.set_epoch(epoch)
+        draws += tuning.frame_indices(160, 0)
+    assert all([index // 10 for index in draw] == list(range(16)) for draw in draws) and draws[0] != draws[1]
+    assert eval_dataset(segments, table, train=False).frame_indices(160, 0) == segment_indices(160, 16, 2)
+    tuning = eval_dataset(windows, table, train=True)
+    assert np.all(np.diff(tuning.frame_indices(160, 0)[0]) == 4)
+    assert eval_dataset(windows, table, train=False).frame_indices(160, 0) == spaced_windows(160, 16, 4, 2)
+    assert ClipDataset(["clip.mp4"], [0], 16, 32, stride=4).sampling == "window"  # pre-training
 
 
 def test_multiscale_boxes_use_the_paper_scales_and_stay_inside():

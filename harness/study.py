@@ -103,7 +103,8 @@ class PretrainSpec(Strict):
 
 
 class FinetuneSpec(Strict):
-    """Fine-tuning recipe (protocol: finetune), the VideoMAE code's minus mixup/cutmix."""
+    """Fine-tuning recipe (protocol: finetune), the VideoMAE code's minus mixup, CutMix, RandAugment
+    and random erasing. `lr` is the peak rate itself (the code scales its --lr by batch / 256)."""
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)      # global, split over the trial's workers
     lr: float = Field(1e-3, gt=0)          # peak, for the head; layer i gets lr * decay^(L + 1 - i)

@@ -35,7 +35,7 @@ def prepare_data(study: Study, where: str = "") -> None:
                 print(f"  {read.source}: {holding(tables[key])}", flush=True)
         except DataError as error:
             raise DataError(f"{where}{read.field}: {error}") from None
-        problem = read_problem(tables[key], read)
+        problem = read_problem(tables[key], read, study.resources.workers_per_trial)
         if problem:
             raise DataError(f"{where}{problem}")
         clips_read.append((read, clips_of(tables[key], read)))
@@ -50,8 +50,9 @@ def holding(table: pd.DataFrame) -> str:
     return f"{len(table):,} clips of {table['label'].nunique()} classes ({counts})"
 
 
-def read_problem(table: pd.DataFrame, read: DataRead) -> str | None:
-    """What keeps a stage from reading this source's manifest as the study asks, or None."""
+def read_problem(table: pd.DataFrame, read: DataRead, workers: int = 1) -> str | None:
+    """What keeps a stage from reading this source's manifest as the study asks (with `workers`
+    per trial), or None."""
     train = split(table, "train")
     if train.empty:
         return f"{read.field}: {read.source} has no clips in its train split"
@@ -66,6 +67,11 @@ def read_problem(table: pd.DataFrame, read: DataRead) -> str | None:
     asked = read.experiment.pretrain.clips if read.stage == "pretrain" else read.experiment.evaluate.train_clips
     if asked and asked > len(train):
         return f"{read.clips_field}: asks for {asked} clips, {read.source} has {len(train)} in its train split"
+    trains = read.stage == "pretrain" or read.experiment.evaluate.protocol == "finetune"
+    if trains and (asked or len(train)) < workers:  # a worker with no clip trains no step: a loss of 0
+        field, where = (read.clips_field, "") if asked else (read.field, f"{read.source} has ")
+        return (f"{field}: {where}{asked or len(train)} train clip(s), fewer than resources.workers_per_trial "
+                f"({workers}): a worker would have none to train on")
     return None
 
 

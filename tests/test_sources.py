@@ -191,6 +191,27 @@ def test_a_source_without_what_its_stage_reads_stops_the_run_before_ray_starts(t
     assert "Ray" not in done.stdout and not (tmp_path / "runs" / "short").exists()
 
 
+def test_fewer_train_clips_than_workers_is_refused(tmp_path):
+    """Over 2 workers a single clip leaves one worker nothing: it trained no step and reported a
+    loss of 0 for every epoch, recorded as an ordinary trial."""
+    from harness.prepare import prepare_data
+    from harness.study_file import load_study
+
+    _tree(tmp_path / "v", ["train/run/a.mp4", "train/jump/b.mp4", "val/run/c.mp4", "val/jump/d.mp4"])
+    source = f"folder:{tmp_path / 'v'}"
+    subset = write_study(tmp_path, "subset", pretrain={"source": source, "epochs": 1, "clips": 1},
+                         evaluate={"source": source}, resources={"workers_per_trial": 2, "cpus_per_worker": 1})
+    finetune = write_study(tmp_path, "finetune", pretrain={"method": "scratch"},
+                           evaluate={"source": source, "protocol": "finetune", "finetune": {"batch_size": 4}},
+                           resources={"workers_per_trial": 4, "cpus_per_worker": 1})
+    for study, message in ((subset, "pretrain.clips: 1 train clip(s), fewer than resources.workers_per_trial (2)"),
+                           (finetune, f"evaluate.source: {source} has 2 train clip(s), fewer than "
+                                      "resources.workers_per_trial (4)")):
+        with pytest.raises(DataError) as error:
+            prepare_data(load_study(study), "few.yaml: ")
+        assert str(error.value) == f"few.yaml: {message}: a worker would have none to train on"
+
+
 def test_pretraining_on_the_clips_evaluation_scores_is_noted(tmp_path, capsys):
     """A list of every video for pre-training, and the same folder's test split for evaluation:
     the run goes on (some studies mean it), with a note naming both fields and a clip."""

@@ -192,8 +192,8 @@ def test_a_source_without_what_its_stage_reads_stops_the_run_before_ray_starts(t
 
 
 def test_fewer_train_clips_than_workers_is_refused(tmp_path):
-    """Over 2 workers a single clip leaves one worker nothing: it trained no step and reported a
-    loss of 0 for every epoch, recorded as an ordinary trial."""
+    """Over 2 workers a single clip leaves one worker nothing: it ran no step, and the trial failed
+    in its worker on an unset learning rate. Now harness run stops before Ray starts."""
     from harness.prepare import prepare_data
     from harness.study_file import load_study
 

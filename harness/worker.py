@@ -108,10 +108,12 @@ def local_folder(checkpoint: ray.train.Checkpoint | None) -> Iterator[Path | Non
 
 
 def _worker_setup(config: dict, session: Session | None) -> tuple[Experiment, int, Session]:
-    # Ray sets OMP threads from the CPU share (fractions become 1): size torch's pool ourselves.
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    # Ray sets OMP threads from the CPU share (fractions become 1): size torch's pool ourselves,
+    # leaving the loader processes (one thread each) the CPUs they take.
+    loader_workers = config.get("loader_workers", 0)
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"]) - loader_workers))
     session = session or RayTrainSession()
-    session.loader_workers = config.get("loader_workers", 0)
+    session.loader_workers = loader_workers
     return Experiment.model_validate(config["experiment"]), config["seed"], session
 
 

@@ -132,3 +132,20 @@ def test_leak_cleanup_keeps_the_placement_groups_of_live_jobs_and_detached_ones(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "STATES CREATED CREATED" in done.stdout
+
+
+def test_a_stage_leaves_its_loader_processes_their_cpus():
+    """A worker's torch threads and its loader processes (one thread each) share its CPUs."""
+    import torch
+
+    from harness.session import Session
+    from harness.worker import _worker_setup
+
+    before = torch.get_num_threads()
+    try:
+        for loaders, threads in ((7, 1), (3, 5), (0, 8)):
+            config = {"cpus_per_worker": 8, "loader_workers": loaders, "experiment": {}, "seed": 0}
+            _, _, session = _worker_setup(config, Session())
+            assert (torch.get_num_threads(), session.loader_workers) == (threads, loaders)
+    finally:
+        torch.set_num_threads(before)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from models import VideoEncoder, temporal_features
 
-from .data import ClipDataset, ClipLoader, decode_cache_mb
+from .data import ClipDataset, decode_cache_mb
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, resolved_precision, skipped_files
 from .session import Session, all_gather, checkpoint_folder, keep_freed_memory, machine
 from .sources import DataError, check_files, resolve_source, split, stratified_subset
@@ -34,8 +34,7 @@ def extract_features(encoder: VideoEncoder, dataset: ClipDataset, session: Sessi
     encoder.eval()
     shard = range(session.rank, len(dataset), session.world_size)
     parts = []
-    for video, labels in ClipLoader(dataset, batch_size, shard, workers=session.loader_workers, flatten_views=False,
-                                    pin_memory=session.device.type == "cuda"):
+    for video, labels in session.loader(dataset, batch_size, shard, flatten_views=False):
         views = video.shape[1] if video.dim() == 6 else 1  # several clips/crops: average them
         with autocast(precision, session.device):
             tokens = encoder(video.flatten(0, 1).to(session.device) if views > 1 else video.to(session.device))

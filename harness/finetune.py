@@ -13,7 +13,7 @@ from torch.utils.data import DistributedSampler
 
 from models import VideoClassifier, layer_decay_groups
 
-from .data import ClipDataset, ClipLoader
+from .data import ClipDataset
 from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final
 from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, lr_at, skipped_files
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder
@@ -38,8 +38,7 @@ def predict(model: torch.nn.Module, dataset: ClipDataset, session: Session, batc
     model.eval()
     shard = range(session.rank, len(dataset), session.world_size)
     parts = []
-    for video, labels in ClipLoader(dataset, batch_size, shard, workers=session.loader_workers, flatten_views=False,
-                                    pin_memory=session.device.type == "cuda"):
+    for video, labels in session.loader(dataset, batch_size, shard, flatten_views=False):
         views = video.shape[1] if video.dim() == 6 else 1
         with autocast(precision, session.device):
             logits = model(video.flatten(0, 1).to(session.device) if views > 1 else video.to(session.device))
@@ -72,8 +71,7 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
     train_set = eval_dataset(experiment, train_table, train=True, seed=seed)
     per_worker = max(1, min(recipe.batch_size, len(train_set)) // session.world_size)
     sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=True, seed=seed, drop_last=True)
-    loader = ClipLoader(train_set, per_worker, sampler, workers=session.loader_workers, drop_last=True,
-                        pin_memory=device.type == "cuda")
+    loader = session.loader(train_set, per_worker, sampler, drop_last=True)
     steps, diverged_at = len(loader), None
     for epoch in range(start_epoch, recipe.epochs):
         model.train()

@@ -68,9 +68,10 @@ def read_problem(table: pd.DataFrame, read: DataRead, workers: int = 1) -> str |
     if asked and asked > len(train):
         return f"{read.clips_field}: asks for {asked} clips, {read.source} has {len(train)} in its train split"
     trains = read.stage == "pretrain" or read.experiment.evaluate.protocol == "finetune"
-    if trains and (asked or len(train)) < workers:  # a worker with no clip would run no step, and fail
+    clips = asked or len(train)
+    if trains and clips < workers:  # a worker with no clip would run no step, and fail
         field, where = (read.clips_field, "") if asked else (read.field, f"{read.source} has ")
-        return (f"{field}: {where}{asked or len(train)} train clip(s), fewer than resources.workers_per_trial "
+        return (f"{field}: {where}{clips} train clip(s), fewer than resources.workers_per_trial "
                 f"({workers}): a worker would have none to train on")
     return None
 

@@ -12,7 +12,7 @@ from torch.utils.data import DistributedSampler
 
 from models import VideoMAE, decoder_mask, make_mask
 
-from .data import ClipDataset, ClipLoader, decode_cache_mb
+from .data import ClipDataset, decode_cache_mb
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder, keep_freed_memory
 from .sources import check_files, resolve_source, split, stratified_subset
 from .study import Experiment
@@ -112,8 +112,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     dataset.skipped.update(skipped)  # known bad files are not decoded (or logged) again
     per_worker_batch = max(1, min(spec.batch_size // session.world_size, len(dataset) // session.world_size))
     sampler = DistributedSampler(dataset, session.world_size, session.rank, shuffle=True, seed=seed, drop_last=True)
-    loader = ClipLoader(dataset, per_worker_batch, sampler, workers=session.loader_workers, drop_last=True,
-                        pin_memory=device.type == "cuda")
+    loader = session.loader(dataset, per_worker_batch, sampler, drop_last=True)
     steps_per_epoch = len(loader)
     total_steps, warmup_steps = spec.epochs * steps_per_epoch, spec.warmup_epochs * steps_per_epoch
     masks = torch.Generator().manual_seed(seed * 1000 + session.rank)

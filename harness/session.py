@@ -14,6 +14,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from .data import ClipDataset, ClipLoader
+
 
 class Session:
     rank: int = 0
@@ -30,6 +32,11 @@ class Session:
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
+
+    def loader(self, dataset: ClipDataset, batch_size: int, sampler: Any = None, **options: Any) -> ClipLoader:
+        """Batches of `dataset` from this worker's loader processes, pinned for a GPU."""
+        return ClipLoader(dataset, batch_size, sampler, workers=self.loader_workers,
+                          pin_memory=self.device.type == "cuda", **options)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
         self.reports.append(dict(metrics))

@@ -25,7 +25,7 @@ from .prepare import prepare_data
 from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
                       remove_partial_writes, run_lock, set_aside, settings_changed, upsert_rows)
 from .storage import Storage, remember_storage, resumed_storage
-from .study import Study, StudyError, get_path
+from .study import Experiment, Study, StudyError, get_path
 from .trial import (POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, sweep_point,
                     trial_resources)
 
@@ -116,9 +116,8 @@ class TrialRecorder(Callback):
         lines = [f"  -- {(now - self.started) / 60:.1f} min: {self.finished} finished, {len(running)} running, "
                  f"{pending} waiting (of {self.total})"]
         for trial in running:
-            last = self.latest.get(trial.trial_id, {})
-            where = f"{last['stage']} epoch {last['epoch']}/{last['total_epochs']}" if "epoch" in last else "starting"
-            lines.append(f"     {where:28s} [{_label(trial.config)}]")
+            phase = trial_phase(self.latest.get(trial.trial_id, {}), self.study.experiment(sweep_point(trial.config)))
+            lines.append(f"     {phase:28s} [{_label(trial.config)}]")
         print("\n".join(lines), flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -234,6 +233,21 @@ def swept_columns(study: Study, config: dict) -> dict[str, Any]:
     scratch = experiment.pretrain.method == "scratch"
     return {name: None if scratch and name.startswith("pretrain.") and name != "pretrain.method"
             else get_path(settings, name) for name in study.sweep.swept_names()}
+
+
+def trial_phase(last: dict[str, Any], experiment: Experiment) -> str:
+    """Where a running trial is, from its last report: an epoch, or the silent work after a
+    stage's last epoch (the test, or the features a probe needs), which can take minutes."""
+    protocol = experiment.evaluate.protocol
+    if "epoch" not in last:
+        scratch_probe = experiment.pretrain.method == "scratch" and protocol != "finetune"
+        return f"evaluating ({protocol})" if scratch_probe else "starting"
+    stage, epoch, total = last["stage"], last["epoch"], last["total_epochs"]
+    if epoch < total:
+        return f"{stage} epoch {epoch}/{total}"
+    if stage == "finetune":
+        return "testing"
+    return "fine-tuning: starting" if protocol == "finetune" else f"evaluating ({protocol})"
 
 
 def shown_epoch(epoch: int, total: int, lines: int = 20) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from harness.cli import main
 from harness.study import StudyError
 from harness.study_file import load_study
-from harness.sweep import resource_plan, shown_epoch, trial_points
+from harness.sweep import resource_plan, shown_epoch, trial_phase, trial_points
 from harness.trial import pretrain_key, shares_pretraining
 
 from conftest import REPO
@@ -123,6 +123,18 @@ def test_the_console_shows_every_epoch_of_short_stages_and_about_twenty_of_long_
     assert paper[:3] == [1, 40, 80] and paper[-1] == 800 and len(paper) == 21
     assert [epoch for epoch in range(1, 52) if shown_epoch(epoch, 51)] == [1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30,
                                                                             33, 36, 39, 42, 45, 48, 51]
+
+
+def test_the_progress_table_names_the_silent_work_after_a_stages_last_epoch():
+    study = load_study(MASK_RATIO, "smoke")
+    knn, scratch = study.experiment(), study.experiment({"pretrain.method": "scratch"})
+    finetune = study.experiment({"evaluate.protocol": "finetune"})
+    pretrain = {"stage": "pretrain", "epoch": 3, "total_epochs": 10}
+    assert trial_phase({}, knn) == "starting" and trial_phase(pretrain, knn) == "pretrain epoch 3/10"
+    assert trial_phase({**pretrain, "epoch": 10}, knn) == f"evaluating ({knn.evaluate.protocol})"
+    assert trial_phase({**pretrain, "epoch": 10}, finetune) == "fine-tuning: starting"
+    assert trial_phase({"stage": "finetune", "epoch": 50, "total_epochs": 50}, finetune) == "testing"
+    assert trial_phase({}, scratch) == f"evaluating ({knn.evaluate.protocol})"
 
 
 def test_resource_plan_fits_trials_to_the_cluster(tmp_path):

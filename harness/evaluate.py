@@ -102,7 +102,7 @@ def eval_dataset(experiment: Experiment, table: pd.DataFrame, train: bool, seed:
     """Clips of `table` as evaluation sees them: test views, or (train) fine-tuning augmentation."""
     config, spec = experiment.model.build(), experiment.evaluate
     return ClipDataset(table["path"], table["label"], config.num_frames, config.img_size,
-                       stride=experiment.pretrain.stride, train=train, seed=seed,
+                       stride=spec.window_stride(experiment.pretrain), train=train, seed=seed,
                        scales=experiment.pretrain.scales, test_clips=spec.test_clips,
                        test_crops=spec.test_crops, sampling=spec.sampling, on_error=experiment.on_error,
                        cache_mb=decode_cache_mb() if train else 0)  # fine-tuning reads each clip every epoch

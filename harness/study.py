@@ -133,8 +133,12 @@ class EvaluateSpec(Strict):
     test_clips: int = Field(1, ge=1)       # temporal views per video, features averaged
     test_crops: Literal[1, 3] = 1          # spatial views: centre, or both ends and centre
     # Frames of a clip for evaluation: segment = one per T equal segments (TSN; the VideoMAE code
-    # on SSV2), random in fine-tuning; window = T frames at pretrain.stride (the code on Kinetics)
+    # on SSV2), random in fine-tuning; window = T frames at `stride` (the code on Kinetics)
     sampling: Literal["segment", "window"] = "segment"
+    stride: int | None = Field(None, ge=1)  # window: frames between a view's frames; None: pretrain.stride
+
+    def window_stride(self, pretrain: PretrainSpec) -> int:
+        return self.stride or pretrain.stride
 
 
 class ResourcesSpec(Strict):

@@ -112,7 +112,8 @@ def test_temporal_sampling():
 
 def test_evaluation_samples_frames_as_the_study_says():
     """evaluate.sampling: TSN segments (the VideoMAE code on SSV2, the default) or windows at
-    pretrain.stride (its Kinetics protocol), in fine-tuning and in testing; pre-training: windows."""
+    evaluate.stride, else pretrain.stride (its Kinetics protocol), in fine-tuning and in testing;
+    pre-training: windows."""
     table = pd.DataFrame({"path": ["clip.mp4"], "label": [0]})
     segments, windows = (Experiment.model_validate({"pretrain": {"stride": 4}, "evaluate": {
         "sampling": sampling, "test_clips": 2}}) for sampling in ("segment", "window"))
@@ -127,6 +128,10 @@ def test_evaluation_samples_frames_as_the_study_says():
     assert np.all(np.diff(tuning.frame_indices(160, 0)[0]) == 4)
     assert eval_dataset(windows, table, train=False).frame_indices(160, 0) == spaced_windows(160, 16, 4, 2)
     assert ClipDataset(["clip.mp4"], [0], 16, 32, stride=4).sampling == "window"  # pre-training
+    # evaluate.stride: the target's own stride (e.g. 4 on Kinetics after pre-training on SSV2 at 2)
+    windows.evaluate.stride = 2
+    assert eval_dataset(windows, table, train=False).frame_indices(160, 0) == spaced_windows(160, 16, 2, 2)
+    assert np.all(np.diff(eval_dataset(windows, table, train=True).frame_indices(160, 0)[0]) == 2)
 
 
 def test_multiscale_boxes_use_the_paper_scales_and_stay_inside():

@@ -95,6 +95,12 @@ def test_dry_run_plans_a_cluster_study_whose_data_is_not_on_this_machine(capsys)
     assert "note: sweep.points: pretrain.source: data path /data/k400 does not exist on this machine" in captured.err
     assert main(["run", str(study), "--scale", "paper"]) == 2
     assert "pretrain.source: data path /data/k400 does not exist" in capsys.readouterr().err
+    # Each target is tested as the VideoMAE code tests it: SSV2 on 2 x 3 segments, K400 on 5 x 3 windows at 4
+    paper = load_study(study, "paper", check_paths=False)
+    targets = {(e.evaluate.source, e.evaluate.sampling, e.evaluate.test_clips, e.evaluate.test_crops,
+                e.evaluate.window_stride(e.pretrain) if e.evaluate.sampling == "window" else None)
+               for e in map(paper.experiment, paper.sweep.grid_points())}
+    assert targets == {("list:/data/ssv2", "segment", 2, 3, None), ("folder:/data/k400", "window", 5, 3, 4)}
 
 
 def test_a_cluster_address_nothing_answers_at_stops_at_once(tmp_path, capsys, monkeypatch):

@@ -239,7 +239,9 @@ def trial_phase(last: dict[str, Any], experiment: Experiment) -> str:
     """Where a running trial is, from its last report: an epoch, or the silent work after a
     stage's last epoch (the test, or the features a probe needs), which can take minutes."""
     protocol = experiment.evaluate.protocol
-    if "epoch" not in last:
+    if last.get("stage") == "eval":  # the evaluation's result (a diverged fine-tuning's too): writing the row
+        return "finishing"
+    if "total_epochs" not in last:
         scratch_probe = experiment.pretrain.method == "scratch" and protocol != "finetune"
         return f"evaluating ({protocol})" if scratch_probe else "starting"
     stage, epoch, total = last["stage"], last["epoch"], last["total_epochs"]

@@ -141,6 +141,8 @@ def test_the_progress_table_names_the_silent_work_after_a_stages_last_epoch():
     assert trial_phase({**pretrain, "epoch": 10}, finetune) == "fine-tuning: starting"
     assert trial_phase({"stage": "finetune", "epoch": 50, "total_epochs": 50}, finetune) == "testing"
     assert trial_phase({}, scratch) == f"evaluating ({knn.evaluate.protocol})"
+    # The evaluation's own report (a diverged fine-tuning's names its epoch, of no total) before the row
+    assert trial_phase({"stage": "eval", "diverged": True, "epoch": 3}, finetune) == "finishing"
 
 
 def test_resource_plan_fits_trials_to_the_cluster(tmp_path):

@@ -137,6 +137,12 @@ class EvaluateSpec(Strict):
     sampling: Literal["segment", "window"] = "segment"
     stride: int | None = Field(None, ge=1)  # window: frames between a view's frames; None: pretrain.stride
 
+    @model_validator(mode="after")
+    def _stride_for_windows(self) -> "EvaluateSpec":
+        if self.stride is not None and self.sampling != "window":  # it would be ignored
+            raise ValueError("stride sets the frames between a window's frames: it needs sampling: window")
+        return self
+
     def window_stride(self, pretrain: PretrainSpec) -> int:
         return self.stride or pretrain.stride
 

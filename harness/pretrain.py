@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from timm.optim import param_groups_weight_decay
 from torch.utils.data import DistributedSampler
 
 from models import VideoMAE, decoder_mask, make_mask
@@ -15,7 +16,7 @@ from models import VideoMAE, decoder_mask, make_mask
 from .data import ClipDataset, decode_cache_mb
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder, keep_freed_memory
 from .sources import check_files, resolve_source, split, stratified_subset
-from .study import Experiment
+from .study import Experiment, PretrainSpec
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -56,6 +57,13 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: fl
 def build_pretrain_model(experiment: Experiment, seed: int) -> VideoMAE:
     torch.manual_seed(seed)  # same initial weights for the same seed, pre-trained or scratch
     return VideoMAE(experiment.model.build(), loss=experiment.pretrain.loss)
+
+
+def pretrain_optimizer(model: VideoMAE, spec: PretrainSpec) -> torch.optim.AdamW:
+    """AdamW as the VideoMAE code builds it: weight decay on the weight matrices only (not on
+    biases, norms or the mask token); fused: one pass over the parameters, not ~10 foreach ops."""
+    groups = param_groups_weight_decay(model, spec.weight_decay, no_weight_decay_list=model.no_weight_decay())
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=(0.9, 0.95), fused=True)
 
 
 def pretrain_dataset(experiment: Experiment, seed: int) -> ClipDataset:
@@ -103,8 +111,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     resumed_from = start_epoch
     model = session.prepare_model(model)
     core = getattr(model, "module", model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),
-                                  weight_decay=spec.weight_decay, fused=True)  # one pass, not ~10 foreach ops
+    optimizer = pretrain_optimizer(core, spec)
     if state:  # loaded once the model is on its device, which the optimizer's state then follows
         optimizer.load_state_dict(state["optimizer"])
 

@@ -172,6 +172,11 @@ class VideoMAE(nn.Module):
         self.apply(_init_weights)
         trunc_normal_(self.mask_token, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW leaves undecayed besides biases and norms, as the reference does (its
+        other entry, pos_embed, is a fixed table here, not a parameter)."""
+        return {"mask_token"}
+
     def forward_encoder(self, cubes: torch.Tensor, visible_ids: torch.Tensor) -> torch.Tensor:
         return self.encoder.forward_cubes(cubes, visible_ids)
 

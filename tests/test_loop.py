@@ -6,9 +6,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.evaluate import evaluate
-from harness.pretrain import pretrain
+from harness.pretrain import build_pretrain_model, pretrain, pretrain_optimizer
 from harness.session import Session, checkpoint_folder
 from harness.study import Experiment
 
@@ -29,6 +30,25 @@ def test_pretrain_reports_each_epoch_then_resumes_where_it_stopped(tmp_path):
     pretrain(longer, seed=0, session=resumed)
     assert [r["epoch"] for r in resumed.reports] == [3]  # epochs 1-2 came from the checkpoint
     assert resumed.reports[0]["loss_curve"][:2] == session.reports[-1]["loss_curve"]
+
+
+def test_pretraining_decays_only_the_weight_matrices_as_the_videomae_code_does():
+    """AdamW's decoupled decay shrinks a parameter by lr x weight_decay a step, with or without a
+    gradient; the VideoMAE code leaves biases, norms and the mask token out of it."""
+    experiment = Experiment.model_validate(TINY)
+    model = build_pretrain_model(experiment, seed=0)
+    optimizer = pretrain_optimizer(model, experiment.pretrain)
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    shrink = 1 - experiment.pretrain.lr * experiment.pretrain.weight_decay
+    undecayed = set()
+    for name, parameter in model.named_parameters():
+        decayed = parameter.ndim > 1 and name != "mask_token"
+        torch.testing.assert_close(parameter.detach(), before[name] * (shrink if decayed else 1.0), rtol=1e-6, atol=0)
+        undecayed |= set() if decayed else {name}
+    assert {"mask_token", "encoder.norm.weight", "decoder.blocks.0.norm1.weight", "encoder.blocks.0.attn.qkv.bias"} <= undecayed
 
 
 class StoppedAfter(Session):

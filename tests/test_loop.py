@@ -47,7 +47,8 @@ def test_pretraining_decays_only_the_weight_matrices_as_the_videomae_code_does()
     for name, parameter in model.named_parameters():
         decayed = parameter.ndim > 1 and name != "mask_token"
         torch.testing.assert_close(parameter.detach(), before[name] * (shrink if decayed else 1.0), rtol=1e-6, atol=0)
-        undecayed |= set() if decayed else {name}
+        if not decayed:
+            undecayed.add(name)
     assert {"mask_token", "encoder.norm.weight", "decoder.blocks.0.norm1.weight", "encoder.blocks.0.attn.qkv.bias"} <= undecayed
 
 

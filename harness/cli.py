@@ -100,7 +100,10 @@ def _status(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     from .report import runs_table
 
-    print(runs_table(Path(args.runs)))
+    if args.runs and args.runs_option and Path(args.runs) != Path(args.runs_option):
+        print(f"harness: two runs folders given ({args.runs}, {args.runs_option}); give one", file=sys.stderr)
+        return 2
+    print(runs_table(Path(args.runs or args.runs_option or "runs")))
     return 0
 
 
@@ -169,7 +172,9 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     listing = commands.add_parser("ls", help="the studies under a runs folder")
-    listing.add_argument("runs", nargs="?", default="runs", help="runs folder (default: ./runs)")
+    listing.add_argument("runs", nargs="?", default=None, help="runs folder (default: ./runs)")
+    listing.add_argument("--runs", dest="runs_option", default=None, metavar="RUNS",
+                         help="the same, spelled as for harness run")
     listing.set_defaults(handler=_ls)
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)

@@ -118,9 +118,12 @@ def test_report_and_status_of_a_study_whose_trials_all_failed(tmp_path, capsys):
     started = run_dir.parent / "masking"  # running, no trial recorded yet: listed with what it plans
     started.mkdir()
     (started / "study.json").write_text(load_study(REPO / "studies" / "masking.yaml", "smoke").model_dump_json())
-    assert main(["ls", str(run_dir.parent)]) == 0
-    assert capsys.readouterr().out.splitlines()[1].split() == ["masking", "0/2", "trials", "no", "trial", "has",
-                                                               "finished", "yet"]
+    for spelled in ([str(run_dir.parent)], ["--runs", str(run_dir.parent)]):  # as harness run spells it too
+        assert main(["ls", *spelled]) == 0
+        assert capsys.readouterr().out.splitlines()[1].split() == ["masking", "0/2", "trials", "no", "trial",
+                                                                   "has", "finished", "yet"]
+    assert main(["ls", str(run_dir.parent), "--runs", str(tmp_path)]) == 2
+    assert "two runs folders given" in capsys.readouterr().err
     assert main(["ls", str(tmp_path / "runz")]) == 2
     assert capsys.readouterr().err == f"harness: {tmp_path / 'runz'}: no such runs folder\n"
 

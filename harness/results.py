@@ -22,6 +22,7 @@ SCHEMA_VERSION = 1
 TRIALS_FILE = "trials.parquet"  # one row per finished trial
 EPOCHS_FILE = "epochs.parquet"  # one row per pre-training epoch of each trial
 STUDY_FILE = "study.json"      # the validated study, written into the run folder by `harness run`
+EXPERIMENTS_FILE = "experiments.json"  # the run folder's Tune experiments and the seeds each runs
 
 
 FAULT_ENV = "VIDEOMAE_HARNESS_FAULT"  # fault injection for the interruption tests only
@@ -95,6 +96,25 @@ def upsert_rows(path: str | Path, rows: list[dict], key: str = "trial_id") -> pd
     return new
 
 
+def recorded_trials(run_dir: Path) -> set[str]:
+    """Trials whose row is final: finished (ok or diverged). A failed row is replaced if a resumed
+    run of that trial finishes."""
+    path = run_dir / TRIALS_FILE
+    if not path.exists():
+        return set()
+    rows = pd.read_parquet(path, columns=["trial_id", "status"])
+    return set(rows.loc[rows["status"] != "failed", "trial_id"])
+
+
+def recorded_count(run_dir: Path, seeds: list[int]) -> int:
+    """How many trials of these seeds have a final row."""
+    path = run_dir / TRIALS_FILE
+    if not path.exists():
+        return 0
+    rows = pd.read_parquet(path, columns=["seed", "status"])
+    return int((rows["seed"].isin(seeds) & (rows["status"] != "failed")).sum())
+
+
 RESUME_IGNORES = ("description", "resources")  # may change between runs of a study: no result depends on them
 
 
@@ -108,6 +128,34 @@ def settings_changed(run_dir: str | Path, settings: dict) -> list[str]:
     before = json.loads(path.read_text())
     keys = sorted(set(before) & set(settings) - set(RESUME_IGNORES), key=lambda key: (key != "scale", key))
     return [change for key in keys for change in _differences(before[key], settings[key], key)]
+
+
+def added_seeds(run_dir: str | Path, settings: dict) -> list[int]:
+    """The seeds `settings` adds to the grid study the run folder was made from, when nothing
+    else changed: its finished trials are kept and only the new seeds' trials run (more seeds to
+    narrow an interval). [] for a new folder, fewer seeds, or any other change."""
+    path = Path(run_dir) / STUDY_FILE
+    if not path.exists() or settings["sweep"]["method"] != "grid":
+        return []
+    before = json.loads(path.read_text()).get("seeds", [])
+    if not set(before) < set(settings["seeds"]) or settings_changed(run_dir, {**settings, "seeds": before}):
+        return []
+    return [seed for seed in settings["seeds"] if seed not in before]
+
+
+def tune_experiments(run_dir: str | Path) -> list[dict]:
+    """The Tune experiments in a run folder, in order, as {"name", "seeds"}: "tune" with the
+    seeds the study was first run with, then one for each time seeds were added. [] if none."""
+    path, study = Path(run_dir) / EXPERIMENTS_FILE, Path(run_dir) / STUDY_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    return [{"name": "tune", "seeds": json.loads(study.read_text())["seeds"]}] if study.exists() else []
+
+
+def write_atomically(path: Path, text: str) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def _differences(old: object, new: object, path: str) -> list[str]:

@@ -22,8 +22,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .cluster import check_address, remove_leaked_placement_groups, start_ray
 from .prepare import prepare_data
-from .results import (EPOCHS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, check_storage, code_commit,
-                      remove_partial_writes, run_lock, set_aside, settings_changed, upsert_rows)
+from .results import (EPOCHS_FILE, EXPERIMENTS_FILE, SCHEMA_VERSION, STUDY_FILE, TRIALS_FILE, added_seeds,
+                      check_storage, code_commit, recorded_count, recorded_trials, remove_partial_writes, run_lock,
+                      set_aside, settings_changed, tune_experiments, upsert_rows, write_atomically)
 from .storage import Storage, remember_storage, resumed_storage
 from .study import Experiment, Study, StudyError, get_path
 from .trial import (POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, sweep_point,
@@ -42,11 +43,12 @@ def trial_points(study: Study) -> list[dict[str, Any]]:
     return [{**point, "seed": seed} for point in study.sweep.grid_points() for seed in study.seeds]
 
 
-def param_space(study: Study) -> dict[str, Any]:
-    """The Tune search space: grid_search lists for a grid; Tune domains for Optuna to sample."""
+def param_space(study: Study, seeds: list[int] | None = None) -> dict[str, Any]:
+    """The Tune search space: grid_search lists for a grid (over `seeds`, default the study's);
+    Tune domains for Optuna to sample."""
     sweep = study.sweep
     if sweep.method == "grid":  # one grid axis of whole points, so explicit points fit in too
-        return {POINT: ray.tune.grid_search(sweep.grid_points()), "seed": ray.tune.grid_search(study.seeds)}
+        return {POINT: ray.tune.grid_search(sweep.grid_points()), "seed": ray.tune.grid_search(seeds or study.seeds)}
     space: dict[str, Any] = {"seed": study.seeds[0]}
     for name, values in sweep.parameters.items():
         if isinstance(values, list):
@@ -193,16 +195,6 @@ def _label(config: dict) -> str:
     return " ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names, values.values()))
 
 
-def recorded_trials(run_dir: Path) -> set[str]:
-    """Trials whose row is final: finished (ok or diverged). A failed row is replaced if a resumed
-    run of that trial finishes."""
-    path = run_dir / TRIALS_FILE
-    if not path.exists():
-        return set()
-    rows = pd.read_parquet(path, columns=["trial_id", "status"])
-    return set(rows.loc[rows["status"] != "failed", "trial_id"])
-
-
 def record_trial(run_dir: Path, study: Study, trial_id: str, config: dict, result: dict) -> None:
     """Write a finished trial's epoch rows, then its trial row (whose presence marks it recorded).
     A trial already recorded is left as it is: each trial lands exactly once."""
@@ -284,7 +276,9 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
     ray_storage = Storage.at(storage, study.name) if storage else None
     if ray_storage:
         ray_storage.check_writable()
-    changed = [] if restart else settings_changed(run_dir, json.loads(study.model_dump_json()))
+    settings = json.loads(study.model_dump_json())
+    added = [] if restart else added_seeds(run_dir, settings)
+    changed = [] if restart or added else settings_changed(run_dir, settings)
     if changed:  # Tune would resume the earlier study's trials, and the rows would mix
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise StudyError(f"{where}{run_dir} holds a run of this study with other "
@@ -299,12 +293,19 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
     plan = resource_plan(study, ray.cluster_resources(), where)
     if restart and (aside := set_aside(run_dir)):  # nothing is written here before the plan fits
         print(f"the earlier run of {study.name} is kept in {aside}", flush=True)
+    # Tune cannot add trials to an experiment it restores: added seeds run as an experiment of their own
+    experiments = ([] if restart else tune_experiments(run_dir)) or [{"name": "tune", "seeds": study.seeds}]
+    if added:
+        kept = len(recorded_trials(run_dir))
+        experiments.append({"name": "tune-seeds-" + "-".join(map(str, added)), "seeds": added})
+        print(f"adding seed{'s' if len(added) > 1 else ''} {', '.join(map(str, added))} to the run in {run_dir} "
+              f"(its {kept} finished trial{'s' if kept != 1 else ''} are kept)", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(run_dir)
     remember_storage(run_dir, storage)
-    study_file = run_dir / STUDY_FILE  # what the report reads for the description and the gallery
-    study_file.with_suffix(".partial").write_text(study.model_dump_json(indent=1))
-    os.replace(study_file.with_suffix(".partial"), study_file)
+    # what the report reads for the description and the gallery, and what a rerun is compared with
+    write_atomically(run_dir / STUDY_FILE, study.model_dump_json(indent=1))
+    write_atomically(run_dir / EXPERIMENTS_FILE, json.dumps(experiments))
     trials = plan["trials"]
     print(f"{trials} trial{'s' if trials != 1 else ''}, {min(trials, plan['concurrent_trials'])} at a time, "
           f"{plan['cpus_per_trial']:g} CPU / {plan['gpus_per_trial']:g} GPU each", flush=True)
@@ -324,33 +325,51 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, study=study.model_dump(), storage=ray_storage, shared=shared),
         trial_resources(study))
-    tune_dir, filesystem = ray_storage.path("tune"), ray_storage.filesystem
-    if not restart and ray.tune.Tuner.can_restore(tune_dir, storage_filesystem=filesystem):
-        print(f"resuming {ray_storage.describe()}/tune (finished trials are kept; --restart starts over)", flush=True)
-        tuner = ray.tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=filesystem)
-    else:
-        tuner = ray.tune.Tuner(
-            trainable,
-            param_space=param_space(study),
-            tune_config=ray.tune.TuneConfig(max_concurrent_trials=plan["concurrent_trials"],
-                                            search_alg=search_algorithm(study), scheduler=early_stopping(study),
-                                            num_samples=study.sweep.num_samples if study.sweep.method == "optuna" else 1),
-            run_config=ray.tune.RunConfig(
-                name="tune", storage_path=ray_storage.root, storage_filesystem=filesystem, verbose=0,
-                failure_config=ray.tune.FailureConfig(max_failures=1),
-                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialRecorder(study, run_dir, plan["trials"])]),
-        )
-    grid = tuner.fit()  # on Ctrl+C, Tune saves its state, stops the trials and returns
+    done = failed = unfinished = 0
+    for experiment in experiments:
+        total = (len(study.sweep.grid_points()) * len(experiment["seeds"]) if study.sweep.method == "grid"
+                 else study.sweep.num_samples)
+        if unfinished:  # interrupted (Ctrl+C): the later experiments wait for the rerun
+            unfinished += total - recorded_count(run_dir, experiment["seeds"])
+            continue
+        tune_dir = ray_storage.path(experiment["name"])
+        if (recorded_count(run_dir, experiment["seeds"]) >= total
+                and not ray.tune.Tuner.can_restore(tune_dir, storage_filesystem=ray_storage.filesystem)):
+            continue  # rows copied in without Tune's state (a shipped report's folder): nothing left to run
+        tuner = make_tuner(study, experiment, trainable, ray_storage, plan, run_dir, total, restart)
+        grid = tuner.fit()  # on Ctrl+C, Tune saves its state, stops the trials and returns
+        for result in grid:  # a row lost to an interruption between a trial's end and its write lands now
+            reconcile(run_dir, study, result)
+        done += sum(1 for r in grid if r.error is None and r.metrics.get("stage") == "done")
+        failed += sum(1 for r in grid if r.error is not None)
+        unfinished += unfinished_trials(run_dir, grid, total)
     if leases:
         ray.kill(leases)
-    for result in grid:  # a row lost to an interruption between a trial's end and its write lands now
-        reconcile(run_dir, study, result)
-    done = sum(1 for r in grid if r.error is None and r.metrics.get("stage") == "done")
-    failed = sum(1 for r in grid if r.error is not None)
     results = run_dir / TRIALS_FILE
     print(f"{done} trial{'s' if done != 1 else ''} finished, {failed} failed; "
           + (f"results: {results}" if results.exists() else "no results yet"), flush=True)
-    return run_dir, failed, unfinished_trials(run_dir, grid, plan["trials"])
+    return run_dir, failed, unfinished
+
+
+def make_tuner(study: Study, experiment: dict, trainable: Any, ray_storage: Storage, plan: dict[str, Any],
+               run_dir: Path, total: int, restart: bool) -> ray.tune.Tuner:
+    """The Tune experiment `experiment` ({"name", "seeds"}): restored where it has run before."""
+    tune_dir, filesystem = ray_storage.path(experiment["name"]), ray_storage.filesystem
+    if not restart and ray.tune.Tuner.can_restore(tune_dir, storage_filesystem=filesystem):
+        print(f"resuming {ray_storage.describe()}/{experiment['name']} (finished trials are kept; "
+              "--restart starts over)", flush=True)
+        return ray.tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=filesystem)
+    return ray.tune.Tuner(
+        trainable,
+        param_space=param_space(study, experiment["seeds"]),
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=plan["concurrent_trials"],
+                                        search_alg=search_algorithm(study), scheduler=early_stopping(study),
+                                        num_samples=study.sweep.num_samples if study.sweep.method == "optuna" else 1),
+        run_config=ray.tune.RunConfig(
+            name=experiment["name"], storage_path=ray_storage.root, storage_filesystem=filesystem, verbose=0,
+            failure_config=ray.tune.FailureConfig(max_failures=1),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialRecorder(study, run_dir, total)]),
+    )
 
 
 def unfinished_trials(run_dir: Path, grid: ray.tune.ResultGrid, total: int) -> int:

@@ -104,6 +104,48 @@ def test_a_changed_study_is_refused_until_restart_sets_the_earlier_run_aside(smo
     assert "<a href='mask_ratio.html'>" in index and f"<a href='{aside[0].name}.html'>" in index
 
 
+def test_added_seeds_run_only_their_trials_and_keep_the_finished_ones(smoke_run, tmp_path):
+    workdir, *_ = smoke_run
+    shutil.copytree(workdir / "runs", tmp_path / "runs")
+    before = pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet")
+    more = tmp_path / "mask_ratio.yaml"
+    more.write_text(STUDY.read_text().replace("    seeds: [0]\n", "    seeds: [0, 1]\n"))
+    added = harness("run", str(more), "--scale", "smoke", cwd=tmp_path)
+    assert added.returncode == 0, added.stdout[-3000:] + added.stderr[-3000:]
+    assert "adding seed 1 to the run in" in added.stdout and "(its 3 finished trials are kept)" in added.stdout
+    assert added.stdout.count("] started") == 3 and "seed=0] started" not in added.stdout
+    after = pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet")
+    assert sorted(after["seed"]) == [0, 0, 0, 1, 1, 1] and after["trial_id"].is_unique
+    assert after[after["seed"] == 0].reset_index(drop=True).equals(before)  # the seed-0 rows untouched
+    assert sorted(after.loc[after["seed"] == 1, "pretrain.mask.ratio"]) == [0.5, 0.75, 0.9]
+
+    again = harness("run", str(more), "--scale", "smoke", cwd=tmp_path)  # both experiments resume: nothing runs
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "mask_ratio/tune (finished" in again.stdout and "mask_ratio/tune-seeds-1 (finished" in again.stdout
+    assert "] started" not in again.stdout and "6 trials finished, 0 failed" in again.stdout, again.stdout[-3000:]
+    assert pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet").equals(after)
+    report = harness("report", "runs/mask_ratio", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "- **seeds**: 2" in (tmp_path / "out" / "mask_ratio.md").read_text()
+
+    fewer = harness("run", str(STUDY), "--scale", "smoke", cwd=tmp_path)  # rows of seed 1 would be left over
+    assert fewer.returncode == 2 and "other settings (seeds): --restart" in fewer.stderr, fewer.stderr
+
+
+def test_seeds_added_to_a_shipped_reports_rows_run_only_their_trials(smoke_run, tmp_path):
+    """A shipped report's folder (study.json and the rows, no Tune state) extended with a seed."""
+    workdir, *_ = smoke_run
+    (tmp_path / "runs" / "mask_ratio").mkdir(parents=True)
+    for name in ("study.json", "trials.parquet", "epochs.parquet"):
+        shutil.copy(workdir / "runs" / "mask_ratio" / name, tmp_path / "runs" / "mask_ratio")
+    more = tmp_path / "mask_ratio.yaml"
+    more.write_text(STUDY.read_text().replace("    seeds: [0]\n", "    seeds: [0, 1]\n"))
+    added = harness("run", str(more), "--scale", "smoke", cwd=tmp_path)
+    assert added.returncode == 0, added.stdout[-3000:] + added.stderr[-3000:]
+    assert added.stdout.count("seed=1] started") == 3 and "seed=0] started" not in added.stdout
+    assert sorted(pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet")["seed"]) == [0, 0, 0, 1, 1, 1]
+
+
 def test_report_draws_the_rows(smoke_run):
     workdir, *_ = smoke_run
     done = harness("report", "runs/mask_ratio", cwd=workdir)

@@ -59,13 +59,19 @@ def header(trials: pd.DataFrame, description: str = "", planned: int | None = No
 
 
 def _time_taken(trials: pd.DataFrame) -> str:
-    """From the first trial's start to the last one's end, and the trials' time added up; empty
-    when no trial ran to its end (a failed trial records no wall time)."""
+    """The wall-clock time in which trials ran, and the trials' time added up; empty when no
+    trial ran to its end (a failed trial records no wall time). A study resumed or given more
+    seeds later does not count the time between its runs."""
     finished = pd.to_datetime(trials["finished_at"])
     started = finished - pd.to_timedelta(trials["wall_time_s"], unit="s")
-    if started.isna().all():
+    spans = sorted((start, end) for start, end in zip(started, finished) if not pd.isna(start))
+    if not spans:
         return ""
-    return (f"{(finished.max() - started.min()).total_seconds() / 60:.1f} min wall clock "
+    running, covered_to = pd.Timedelta(0), spans[0][0]
+    for start, end in spans:  # the union of the trials' spans
+        running += max(end - max(start, covered_to), pd.Timedelta(0))
+        covered_to = max(covered_to, end)
+    return (f"{running.total_seconds() / 60:.1f} min wall clock "
             f"({trials['wall_time_s'].sum() / 60:.1f} min of trial time)")
 
 

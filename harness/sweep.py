@@ -306,8 +306,9 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
     # what the report reads for the description and the gallery, and what a rerun is compared with
     write_atomically(run_dir / STUDY_FILE, study.model_dump_json(indent=1))
     write_atomically(run_dir / EXPERIMENTS_FILE, json.dumps(experiments))
-    trials = plan["trials"]
-    print(f"{trials} trial{'s' if trials != 1 else ''}, {min(trials, plan['concurrent_trials'])} at a time, "
+    trials, left = plan["trials"], plan["trials"] - len(recorded_trials(run_dir))  # a resumed run has fewer left
+    print(f"{trials} trial{'s' if trials != 1 else ''}{f' ({left} left)' if 0 <= left < trials else ''}, "
+          f"{min(trials, plan['concurrent_trials'])} at a time, "
           f"{plan['cpus_per_trial']:g} CPU / {plan['gpus_per_trial']:g} GPU each", flush=True)
     if ray_storage:
         print(f"checkpoints and trial state: {ray_storage.describe()}", flush=True)

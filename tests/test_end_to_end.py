@@ -113,6 +113,7 @@ def test_added_seeds_run_only_their_trials_and_keep_the_finished_ones(smoke_run,
     added = harness("run", str(more), "--scale", "smoke", cwd=tmp_path)
     assert added.returncode == 0, added.stdout[-3000:] + added.stderr[-3000:]
     assert "adding seed 1 to the run in" in added.stdout and "(its 3 finished trials are kept)" in added.stdout
+    assert "6 trials (3 left), 2 at a time" in added.stdout
     assert added.stdout.count("] started") == 3 and "seed=0] started" not in added.stdout
     after = pd.read_parquet(tmp_path / "runs" / "mask_ratio" / "trials.parquet")
     assert sorted(after["seed"]) == [0, 0, 0, 1, 1, 1] and after["trial_id"].is_unique

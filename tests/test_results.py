@@ -151,3 +151,16 @@ def test_report_and_status_of_a_swept_list_valued_setting(tmp_path, capsys):
     row = pd.read_parquet(run_dir / "trials.parquet").iloc[0]  # the gallery rebuilds the trial from its row
     assert declared_point(study, row) == {"synth.speed": [0.3, 0.6]}
     assert study.experiment(declared_point(study, row)).synth.speed == (0.3, 0.6)
+
+
+def test_time_taken_counts_only_the_time_trials_ran():
+    """A study given more seeds a day later: the report's wall clock leaves out the day between."""
+    from harness.report import _time_taken
+
+    day = 24 * 3600
+    ends, walls = [60, 90, day + 60], [60.0, 60.0, 60.0]  # two trials at once, then one the next day
+    trials = pd.DataFrame({"finished_at": [pd.Timestamp("2026-12-05T06:00:00") + pd.Timedelta(seconds=end)
+                                           for end in ends], "wall_time_s": walls})
+    assert _time_taken(trials) == "2.5 min wall clock (3.0 min of trial time)"
+    failed = pd.DataFrame({"finished_at": [pd.Timestamp("2026-12-05")], "wall_time_s": [None]})
+    assert _time_taken(failed) == "" and _time_taken(pd.concat([trials, failed])) == _time_taken(trials)

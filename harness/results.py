@@ -96,23 +96,23 @@ def upsert_rows(path: str | Path, rows: list[dict], key: str = "trial_id") -> pd
     return new
 
 
-def recorded_trials(run_dir: Path) -> set[str]:
-    """Trials whose row is final: finished (ok or diverged). A failed row is replaced if a resumed
-    run of that trial finishes."""
+def final_rows(run_dir: Path) -> pd.DataFrame:
+    """The trial id and seed of each trial whose row is final: finished (ok, diverged or stopped).
+    A failed row is replaced if a resumed run of that trial finishes."""
     path = run_dir / TRIALS_FILE
     if not path.exists():
-        return set()
-    rows = pd.read_parquet(path, columns=["trial_id", "status"])
-    return set(rows.loc[rows["status"] != "failed", "trial_id"])
+        return pd.DataFrame({"trial_id": [], "seed": []})
+    rows = pd.read_parquet(path, columns=["trial_id", "seed", "status"])
+    return rows.loc[rows["status"] != "failed", ["trial_id", "seed"]]
+
+
+def recorded_trials(run_dir: Path) -> set[str]:
+    return set(final_rows(run_dir)["trial_id"])
 
 
 def recorded_count(run_dir: Path, seeds: list[int]) -> int:
     """How many trials of these seeds have a final row."""
-    path = run_dir / TRIALS_FILE
-    if not path.exists():
-        return 0
-    rows = pd.read_parquet(path, columns=["seed", "status"])
-    return int((rows["seed"].isin(seeds) & (rows["status"] != "failed")).sum())
+    return int(final_rows(run_dir)["seed"].isin(seeds).sum())
 
 
 RESUME_IGNORES = ("description", "resources")  # may change between runs of a study: no result depends on them

@@ -311,11 +311,12 @@ class Study(Experiment):
             set_path(raw, path, value)
         return Experiment.model_validate(raw)
 
-    def trial_count(self) -> int:
-        """The trials a run of this study makes: each grid point once per seed, or Optuna's samples."""
+    def trial_count(self, seeds: list[int] | None = None) -> int:
+        """The trials a run of this study makes: each grid point once per seed (of `seeds`, default
+        the study's), or Optuna's samples."""
         if self.sweep.method == "optuna":
             return self.sweep.num_samples
-        return len(self.sweep.grid_points()) * len(self.seeds)
+        return len(self.sweep.grid_points()) * len(seeds or self.seeds)
 
 
 def set_path(tree: dict, path: str, value: Any) -> None:

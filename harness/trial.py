@@ -3,8 +3,8 @@ With one worker per trial (and `resources.local_mode`, the default) each is a ru
 local mode (`num_workers=0`): the training function runs in the trial's own process, with no
 Train worker group to start for each stage.
 
-This is the only layer (with harness/sweep.py, harness/worker.py and harness/stage_report.py) that
-imports Ray; the loops it runs are plain functions of (experiment, seed, session). It imports
+This is the only layer (with harness/sweep.py, harness/recorder.py, harness/worker.py and
+harness/stage_report.py) that imports Ray; the loops it runs are plain functions of (experiment, seed, session). It imports
 neither torch nor the models at the top: the driver imports it, and never needs them."""
 from __future__ import annotations
 

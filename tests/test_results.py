@@ -92,7 +92,7 @@ def test_report_and_status_of_a_study_whose_trials_all_failed(tmp_path, capsys):
     """Rows as the driver records failures: the pages say that no trial finished and list why,
     with no 'nan' for the time it took, and `harness status` says so instead of an empty table."""
     from harness.cli import main
-    from harness.sweep import record_trial
+    from harness.recorder import record_trial
 
     study = load_study(REPO / "studies" / "mask_ratio.yaml", "smoke")
     run_dir = tmp_path / "runs" / "mask_ratio"
@@ -132,7 +132,7 @@ def test_report_and_status_of_a_swept_list_valued_setting(tmp_path, capsys):
     """synth.speed takes a [min, max] pair; Parquet gives it back as arrays, which pandas cannot
     group: `harness status` and `harness report` stopped with "unhashable type" tracebacks."""
     from harness.cli import main
-    from harness.sweep import record_trial
+    from harness.recorder import record_trial
 
     path = tmp_path / "speed.yaml"
     path.write_text("name: speed\nseeds: [0, 1]\nsweep: {parameters: {synth.speed: [[0.3, 0.6], [0.6, 1.0]]}}\n")

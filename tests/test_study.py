@@ -10,7 +10,8 @@ import pytest
 from harness.cli import main
 from harness.study import StudyError
 from harness.study_file import load_study
-from harness.sweep import resource_plan, shown_epoch, trial_phase, trial_points
+from harness.recorder import shown_epoch, trial_phase
+from harness.sweep import resource_plan, trial_points
 from harness.trial import pretrain_key, shares_pretraining
 
 from conftest import REPO

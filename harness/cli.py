@@ -24,7 +24,8 @@ def _run(args: argparse.Namespace) -> int:
             print("  " + json.dumps(point))
         if study.sweep.method == "optuna":
             print(f"  drawn by Optuna (TPE, seed {study.sweep.sampler_seed}) to {study.sweep.mode}imize "
-                  f"{study.sweep.metric}, on seed {study.seeds[0]}, from:")
+                  f"{study.sweep.metric}: {study.sweep.num_samples} draws, each on seed{'s' if len(study.seeds) > 1 else ''} "
+                  f"{', '.join(map(str, study.seeds))}, from:")
             for name, values in study.sweep.parameters.items():
                 print(f"    {name}: {values if isinstance(values, list) else values.model_dump()}")
         res, reads = study.resources, data_sources(study)

@@ -210,12 +210,12 @@ def repeated(values: list) -> tuple[int, int] | None:
 class SweepSpec(Strict):
     """grid: every combination of the listed values, crossed with each of `points` (explicit
     configurations, e.g. a scratch baseline, or a data source with its own clip count), x seeds.
-    optuna: `num_samples` trials drawn by Optuna's TPE sampler (seeded) from lists (categorical)
-    and ranges, on the first seed."""
+    optuna: `num_samples` configurations drawn by Optuna's TPE sampler (seeded) from lists
+    (categorical) and ranges, each run once per seed; Optuna is told the mean over the seeds."""
     method: Literal["grid", "optuna"] = "grid"
     parameters: dict[str, list[Any] | Distribution] = {}  # dotted path -> values or a range
     points: list[dict[str, Any]] = []     # grid only: each a mapping of dotted paths to values
-    num_samples: int = Field(10, ge=1)    # optuna only
+    num_samples: int = Field(10, ge=1)    # optuna only: draws, each run on every seed
     sampler_seed: int = 0                 # optuna only
     # what optuna optimizes: a trial's final result (anything else never reaches Optuna)
     metric: Literal["eval_top1", "eval_top5", "pretrain_loss"] = "eval_top1"
@@ -313,9 +313,9 @@ class Study(Experiment):
 
     def trial_count(self, seeds: list[int] | None = None) -> int:
         """The trials a run of this study makes: each grid point once per seed (of `seeds`, default
-        the study's), or Optuna's samples."""
+        the study's), or each of Optuna's draws once per seed."""
         if self.sweep.method == "optuna":
-            return self.sweep.num_samples
+            return self.sweep.num_samples * len(self.seeds)
         return len(self.sweep.grid_points()) * len(seeds or self.seeds)
 
 

@@ -111,9 +111,6 @@ def _absolute_sources(raw: dict, base: Path) -> None:
 
 
 def _check_sweep(study: Study, path: Path) -> None:
-    if study.sweep.method == "optuna" and len(study.seeds) > 1:  # the others would be left out unsaid
-        raise StudyError(f"{path}: seeds: an optuna sweep runs its trials on one seed; list one "
-                         "(a grid sweep repeats each point over the seeds)")
     for name, values in study.sweep.parameters.items():
         if isinstance(values, Distribution):
             values = [int(values.low), int(values.high)] if values.type == "int" else [values.low, values.high]

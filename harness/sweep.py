@@ -14,6 +14,7 @@ import ray
 import ray.tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from .cluster import check_address, remove_leaked_placement_groups, start_ray
@@ -58,14 +59,33 @@ class _FinalMetricOptuna(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
 
-def search_algorithm(study: Study) -> OptunaSearch | None:
+class SeedRepeater(Repeater):
+    """Each Optuna draw run once per seed, as trials of their own; Optuna is told the mean over
+    the seeds, so it optimizes the configuration rather than one seed's luck. Tune keeps which
+    trials make a draw in its searcher checkpoint (Repeater's state), so a resumed run goes on."""
+
+    def __init__(self, searcher: OptunaSearch, seeds: list[int]):
+        super().__init__(searcher, repeat=len(seeds), set_index=False)
+        self.seeds = seeds
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):  # the n-th trial of the current draw takes the n-th seed
+            config = {**config, "seed": self.seeds[self._current_group.count() - 1]}
+        return config
+
+
+def search_algorithm(study: Study) -> OptunaSearch | SeedRepeater | None:
+    """Optuna's TPE sampler (seeded), fed each trial's final metric; with several seeds each draw
+    runs once per seed and Optuna sees the mean."""
     sweep = study.sweep
     if sweep.method != "optuna":
         return None
     # Progress reports lack the metric until the trial's end; Tune would reject them otherwise.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    return _FinalMetricOptuna(metric=sweep.metric, mode=sweep.mode,
-                              sampler=optuna.samplers.TPESampler(seed=sweep.sampler_seed))
+    searcher = _FinalMetricOptuna(metric=sweep.metric, mode=sweep.mode,
+                                  sampler=optuna.samplers.TPESampler(seed=sweep.sampler_seed))
+    return SeedRepeater(searcher, study.seeds) if len(study.seeds) > 1 else searcher
 
 
 def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> dict[str, Any]:
@@ -208,7 +228,7 @@ def make_tuner(study: Study, experiment: dict, trainable: Any, ray_storage: Stor
         param_space=param_space(study, experiment["seeds"]),
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=plan["concurrent_trials"],
                                         search_alg=search_algorithm(study), scheduler=early_stopping(study),
-                                        num_samples=study.sweep.num_samples if study.sweep.method == "optuna" else 1),
+                                        num_samples=study.trial_count() if study.sweep.method == "optuna" else 1),
         run_config=ray.tune.RunConfig(
             name=experiment["name"], storage_path=ray_storage.root, storage_filesystem=filesystem, verbose=0,
             failure_config=ray.tune.FailureConfig(max_failures=1),

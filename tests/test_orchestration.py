@@ -47,6 +47,26 @@ def test_optuna_sweep_samples_ranges_and_choices(tmp_path, cluster):
     assert set(trials["pretrain.loss"]) <= {"mse", "l1"}
 
 
+def test_optuna_runs_each_draw_on_every_seed_and_is_told_their_mean(tmp_path, cluster):
+    from ray.tune.search import SearchGenerator
+
+    from harness.study_file import load_study
+    from harness.sweep import search_algorithm
+
+    path = write_study(tmp_path, "optuna_seeds", seeds=[0, 1], sweep={
+        "method": "optuna", "num_samples": 2, "sampler_seed": 7,
+        "parameters": {"pretrain.mask.ratio": {"type": "float", "low": 0.5, "high": 0.95}}})
+    run(path, cluster, tmp_path)
+    trials = pd.read_parquet(tmp_path / "runs" / "optuna_seeds" / "trials.parquet")
+    draws = trials.groupby("pretrain.mask.ratio")
+    assert len(trials) == 4 and draws.ngroups == 2 and all(sorted(d["seed"]) == [0, 1] for _, d in draws)
+    # What Optuna was told, from the searcher state Tune saved beside the experiment
+    saved = SearchGenerator(search_algorithm(load_study(path)))
+    saved.restore_from_dir(str(tmp_path / "runs" / "optuna_seeds" / "tune"))
+    told = {t.params["pretrain.mask.ratio"]: t.value for t in saved.searcher.searcher._ot_study.trials}
+    assert told == pytest.approx(draws["eval_top1"].mean().to_dict())
+
+
 def test_submitted_as_a_ray_job(tmp_path, cluster):
     """`ray job submit -- harness run ...`: the job's RAY_ADDRESS is joined, the rows land."""
     from ray.job_submission import JobStatus, JobSubmissionClient

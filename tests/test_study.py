@@ -212,3 +212,44 @@ def test_data_paths_are_read_from_the_study_files_folder(tmp_path, monkeypatch):
     assert study.evaluate.source == f"list:{tmp_path / 'data' / 'lists'}?root={tmp_path / 'data' / 'ucf'}"
     assert study.sweep.parameters["evaluate.source"] == ["synth:motion", f"manifest:{Path.home() / 'm.csv'}",
                                                          "folder:/srv/x"]
+
+
+def test_an_optuna_draw_runs_on_every_seed_and_optuna_sees_their_mean_across_a_resume(tmp_path):
+    """Two seeds: a draw's trials share its parameters and take seeds 0 and 1; the searcher's
+    state, saved between them (as Tune does before a resume), keeps which trials make a draw."""
+    from ray.tune.search import SearchGenerator
+
+    from harness.sweep import param_space, search_algorithm
+
+    path = tmp_path / "o.yaml"
+    path.write_text("""
+name: o
+seeds: [0, 1]
+sweep:
+  method: optuna
+  num_samples: 2
+  parameters: {pretrain.mask.ratio: {type: float, low: 0.5, high: 0.95}, pretrain.loss: [mse, l1]}
+""")
+    study = load_study(path)
+    assert study.trial_count() == 4
+
+    def searcher():
+        made = search_algorithm(study)
+        made.set_search_properties(None, None, param_space(study))
+        return made
+
+    first = SearchGenerator(searcher())
+    a = first.searcher.suggest("a")
+    first.save_to_dir(str(tmp_path), "before")  # as Tune saves it; a resumed run restores it
+    restored = SearchGenerator(searcher())
+    restored.restore_from_dir(str(tmp_path))
+    resumed = restored.searcher
+    b, c = resumed.suggest("b"), resumed.suggest("c")
+    assert (a["seed"], b["seed"], c["seed"]) == (0, 1, 0)
+    assert {k: v for k, v in a.items() if k != "seed"} == {k: v for k, v in b.items() if k != "seed"}
+    assert c["pretrain.mask.ratio"] != a["pretrain.mask.ratio"]
+    resumed.on_trial_complete("a", {"eval_top1": 0.2})
+    resumed.on_trial_complete("b", {"eval_top1": 0.4})
+    told = resumed.searcher._ot_study.trials  # Optuna's own record of the draws
+    assert told[0].value == pytest.approx(0.3) and told[0].params["pretrain.loss"] == a["pretrain.loss"]
+    assert told[1].value is None  # c's draw: one of its two seeds has not run

@@ -14,6 +14,25 @@ from .study import DEFAULT_SCALE, SCALES, StudyError
 from .study_file import DataRead, data_sources, load_study
 
 
+def _masks_as_run(study, points: list[dict]) -> list[str]:
+    """What each pre-training mask covers of the model's tokens: masks take int(ratio x count)
+    patches, so on a small grid the ratio run differs from the one asked (tiny, tube 0.9: 14 of 16)."""
+    from models import make_mask
+
+    from .trial import sweep_point
+
+    lines: dict[tuple, str] = {}
+    for point in points:
+        experiment = study.experiment(sweep_point(point))
+        mask, grid = experiment.pretrain.mask, experiment.model.build().grid
+        key = (mask.strategy, mask.ratio, grid)
+        if experiment.pretrain.method == "videomae" and key not in lines:
+            masked = int(make_mask(mask.strategy, 1, grid, mask.ratio).sum())
+            tokens = grid[0] * grid[1] * grid[2]
+            lines[key] = f"  mask {mask.strategy} {mask.ratio:g}: {masked} of {tokens} tokens ({masked / tokens:.4g})"
+    return list(lines.values())
+
+
 def _run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.scale, check_paths=not args.dry_run)
     from .sweep import trial_points
@@ -22,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"study {study.name} at scale {study.scale}: {study.trial_count()} trials")
         for point in trial_points(study):
             print("  " + json.dumps(point))
+        for line in _masks_as_run(study, trial_points(study)):
+            print(line)
         if study.sweep.method == "optuna":
             print(f"  drawn by Optuna (TPE, seed {study.sweep.sampler_seed}) to {study.sweep.mode}imize "
                   f"{study.sweep.metric}: {study.sweep.num_samples} draws, each on seed{'s' if len(study.seeds) > 1 else ''} "

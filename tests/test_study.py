@@ -72,6 +72,8 @@ def test_dry_run_lists_trials(capsys):
     assert main(["run", str(MASK_RATIO), "--scale", "smoke", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "3 trials" in out and '"pretrain.mask.ratio": 0.75' in out
+    # what each mask runs as: tiny frames hold 16 patches, and a tube covers int(16 x ratio) of them
+    assert "mask tube 0.75: 96 of 128 tokens (0.75)" in out and "mask tube 0.9: 112 of 128 tokens (0.875)" in out
 
 
 def test_output_piped_into_head_ends_quietly():

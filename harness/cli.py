@@ -27,8 +27,8 @@ def _masks_as_run(study, points: list[dict]) -> list[str]:
         mask, grid = experiment.pretrain.mask, experiment.model.build().grid
         key = (mask.strategy, mask.ratio, grid)
         if experiment.pretrain.method == "videomae" and key not in lines:
-            masked = int(make_mask(mask.strategy, 1, grid, mask.ratio).sum())
-            tokens = grid[0] * grid[1] * grid[2]
+            sample = make_mask(mask.strategy, 1, grid, mask.ratio)
+            masked, tokens = int(sample.sum()), sample.numel()
             lines[key] = f"  mask {mask.strategy} {mask.ratio:g}: {masked} of {tokens} tokens ({masked / tokens:.4g})"
     return list(lines.values())
 
@@ -39,9 +39,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         print(f"study {study.name} at scale {study.scale}: {study.trial_count()} trials")
-        for point in trial_points(study):
+        points = trial_points(study)
+        for point in points:
             print("  " + json.dumps(point))
-        for line in _masks_as_run(study, trial_points(study)):
+        for line in _masks_as_run(study, points):
             print(line)
         if study.sweep.method == "optuna":
             print(f"  drawn by Optuna (TPE, seed {study.sweep.sampler_seed}) to {study.sweep.mode}imize "

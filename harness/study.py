@@ -314,9 +314,8 @@ class Study(Experiment):
     def trial_count(self, seeds: list[int] | None = None) -> int:
         """The trials a run of this study makes: each grid point once per seed (of `seeds`, default
         the study's), or each of Optuna's draws once per seed."""
-        if self.sweep.method == "optuna":
-            return self.sweep.num_samples * len(self.seeds)
-        return len(self.sweep.grid_points()) * len(seeds or self.seeds)
+        per_seed = self.sweep.num_samples if self.sweep.method == "optuna" else len(self.sweep.grid_points())
+        return per_seed * len(seeds or self.seeds)
 
 
 def set_path(tree: dict, path: str, value: Any) -> None:

@@ -35,6 +35,19 @@ def write_study(tmp_path: Path, name: str, **sections) -> Path:
     return path
 
 
+def optuna_told(study_path: Path, tune_dir: Path, parameter: str) -> dict:
+    """What Optuna was told of each draw (`parameter`'s value -> metric), read from the searcher
+    state Tune saved in `tune_dir`, as a resumed run restores it."""
+    from ray.tune.search import SearchGenerator
+
+    from harness.study_file import load_study
+    from harness.sweep import search_algorithm
+
+    saved = SearchGenerator(search_algorithm(load_study(study_path)))
+    saved.restore_from_dir(str(tune_dir))
+    return {t.params[parameter]: t.value for t in saved.searcher.searcher._ot_study.trials}
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Two 1-CPU nodes of a `ray.cluster_utils.Cluster`, the head with its dashboard."""

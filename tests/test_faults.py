@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import MICRO, write_study as write_micro_study
+from conftest import MICRO, optuna_told, write_study as write_micro_study
 from harness.results import FAULT_ENV
 from harness.render import render_clip
 from harness.report import runs_table, status_table
@@ -166,11 +166,6 @@ def test_driver_killed_then_rerun_completes_each_trial_once(phase, tmp_path, clu
 def test_an_optuna_sweep_over_seeds_killed_mid_draw_resumes_each_draw_on_every_seed(tmp_path, cluster):
     """Killed after a draw's first seed: the rerun runs its second seed with the same parameters
     (Tune's searcher checkpoint keeps the draws), then the next draw, each trial once."""
-    from ray.tune.search import SearchGenerator
-
-    from harness.study_file import load_study
-    from harness.sweep import search_algorithm
-
     study = write_study(tmp_path, "draws", seeds=[0, 1], sweep={
         "method": "optuna", "num_samples": 2, "parameters": {"pretrain.mask.ratio": {"type": "float", "low": 0.5, "high": 0.95}}},
         resources={"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1})
@@ -185,9 +180,7 @@ def test_an_optuna_sweep_over_seeds_killed_mid_draw_resumes_each_draw_on_every_s
     after = check_complete(run_dir, before, 4, EPOCHS)
     draws = after.groupby("pretrain.mask.ratio")
     assert draws.ngroups == 2 and all(sorted(d["seed"]) == [0, 1] for _, d in draws)
-    saved = SearchGenerator(search_algorithm(load_study(study)))
-    saved.restore_from_dir(str(run_dir / "tune"))
-    told = {t.params["pretrain.mask.ratio"]: t.value for t in saved.searcher.searcher._ot_study.trials}
+    told = optuna_told(study, run_dir / "tune", "pretrain.mask.ratio")
     assert told == pytest.approx(draws["eval_top1"].mean().to_dict())
 
 

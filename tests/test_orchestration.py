@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import write_study
+from conftest import optuna_told, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +48,6 @@ def test_optuna_sweep_samples_ranges_and_choices(tmp_path, cluster):
 
 
 def test_optuna_runs_each_draw_on_every_seed_and_is_told_their_mean(tmp_path, cluster):
-    from ray.tune.search import SearchGenerator
-
-    from harness.study_file import load_study
-    from harness.sweep import search_algorithm
-
     path = write_study(tmp_path, "optuna_seeds", seeds=[0, 1], sweep={
         "method": "optuna", "num_samples": 2, "sampler_seed": 7,
         "parameters": {"pretrain.mask.ratio": {"type": "float", "low": 0.5, "high": 0.95}}})
@@ -61,9 +56,7 @@ def test_optuna_runs_each_draw_on_every_seed_and_is_told_their_mean(tmp_path, cl
     draws = trials.groupby("pretrain.mask.ratio")
     assert len(trials) == 4 and draws.ngroups == 2 and all(sorted(d["seed"]) == [0, 1] for _, d in draws)
     # What Optuna was told, from the searcher state Tune saved beside the experiment
-    saved = SearchGenerator(search_algorithm(load_study(path)))
-    saved.restore_from_dir(str(tmp_path / "runs" / "optuna_seeds" / "tune"))
-    told = {t.params["pretrain.mask.ratio"]: t.value for t in saved.searcher.searcher._ot_study.trials}
+    told = optuna_told(path, tmp_path / "runs" / "optuna_seeds" / "tune", "pretrain.mask.ratio")
     assert told == pytest.approx(draws["eval_top1"].mean().to_dict())
 
 

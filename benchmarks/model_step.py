@@ -46,12 +46,17 @@ def stepper(model, hf: bool, video, mask, precision: str):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the same optimizer for both
     clip = video.transpose(1, 2).contiguous() if hf else video  # transformers takes (B, T, C, H, W)
 
-    def step() -> None:
+    def step() -> tuple[float, float, float]:
+        """Seconds spent in the forward, the backward and the optimizer step (CPU ops run synchronously)."""
+        start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             output = model(clip, bool_masked_pos=mask) if hf else model(clip, mask)
+        forward_done = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
+        backward_done = time.perf_counter()
         optimizer.step()
+        return forward_done - start, backward_done - forward_done, time.perf_counter() - backward_done
     return step
 
 
@@ -97,14 +102,18 @@ def time_case(preset: str, batch: int, precision: str, steps: int, compiled: boo
         step()
         step()
     times: dict[str, list[float]] = {name: [] for name in steppers}
+    parts: dict[str, list[tuple[float, float, float]]] = {name: [] for name in steppers}
     for _ in range(steps):
         for name, step in steppers.items():
             start = time.perf_counter()
-            step()
+            parts[name].append(step())
             times[name].append(time.perf_counter() - start)
     steps_per_s = {name: 1 / statistics.median(t) for name, t in times.items()}
+    phase_ms = {name: dict(zip(("forward", "backward", "optimizer"),
+                               (1e3 * statistics.median(phase) for phase in zip(*found))))
+                for name, found in parts.items()}
     return {"preset": preset, "batch": batch, "precision": precision, "steps_per_s": steps_per_s,
-            "flops_per_clip": flops / batch, "flops_per_step": flops}
+            "phase_ms": phase_ms, "flops_per_clip": flops / batch, "flops_per_step": flops}
 
 
 def peak_rss_mb(preset: str, batch: int, precision: str, which: str, keep: bool) -> float:
@@ -155,6 +164,9 @@ def main() -> None:
             line += (f"  {result['flops_per_clip'] / 1e9:.1f} GFLOP/clip, {fraction:.0%} of {precision} peak"
                      f"  RSS ours {result['peak_rss_mb']['ours']:.0f} MB / theirs {result['peak_rss_mb']['theirs']:.0f} MB")
             print(line, flush=True)
+            print("      median ms, forward / backward / optimizer: " + "  ".join(
+                f"{n} " + " / ".join(f"{v:.1f}" for v in phases.values()) for n, phases in result["phase_ms"].items()),
+                flush=True)
             results.append(result)
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_peak": peaks, "results": results}, indent=1))

@@ -1,9 +1,10 @@
 """Pre-training step speed of our VideoMAE against Hugging Face transformers' VideoMAEForPreTraining.
 
-Same config, batch, clip and mask (tube 0.9); one step = forward, backward, AdamW (fused, for both). Steps of the
-variants alternate in one process and medians are compared. Also: FLOPs per clip (counted by
-torch's FlopCounterMode), achieved FLOP/s as a fraction of this machine's measured matmul peak,
-and peak memory (max RSS of a separate process per model).
+Same config, batch, clip and mask (tube 0.9); one step = forward, backward, AdamW (fused, for both).
+Steps of the variants alternate in one process and medians are compared, of the whole step and
+of each of its three phases. Also: FLOPs per clip (counted by torch's FlopCounterMode), achieved
+FLOP/s as a fraction of this machine's measured matmul peak, and peak memory (max RSS of a
+separate process per model).
 
     python benchmarks/model_step.py                      # tiny b2, tiny b32, base b2; fp32 and bf16
     python benchmarks/model_step.py --cases tiny:2 --steps 10

@@ -102,14 +102,11 @@ def time_case(preset: str, batch: int, precision: str, steps: int, compiled: boo
     for step in steppers.values():  # warm up (and compile)
         step()
         step()
-    times: dict[str, list[float]] = {name: [] for name in steppers}
     parts: dict[str, list[tuple[float, float, float]]] = {name: [] for name in steppers}
     for _ in range(steps):
         for name, step in steppers.items():
-            start = time.perf_counter()
             parts[name].append(step())
-            times[name].append(time.perf_counter() - start)
-    steps_per_s = {name: 1 / statistics.median(t) for name, t in times.items()}
+    steps_per_s = {name: 1 / statistics.median(map(sum, found)) for name, found in parts.items()}
     phase_ms = {name: dict(zip(("forward", "backward", "optimizer"),
                                (1e3 * statistics.median(phase) for phase in zip(*found))))
                 for name, found in parts.items()}

@@ -100,13 +100,16 @@ def _output_folder(option: str, path: str) -> Path:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report import replaced_run, write_report
 
     folders = []
     for given in map(Path, args.runs):  # a runs folder stands for every study run in it
         inside = sorted(p for p in given.glob("*") if (p / TRIALS_FILE).is_file())
         folders += inside if inside and not (given / TRIALS_FILE).exists() else [given]
     out = _output_folder("--out", args.out)
+    for run_dir in folders if not args.replace else []:  # all checked before any is written
+        if reason := replaced_run(run_dir, out):
+            raise StudyError(f"report {run_dir}: {reason}; write it elsewhere with --out DIR, or over it with --replace")
     for run_dir in folders:
         html = write_report(run_dir, out)
         print(f"wrote {html} and {html.with_suffix('.md')}")
@@ -188,6 +191,9 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+",
                         help="run folders, e.g. runs/mask_ratio, or a runs folder for all of its studies")
     report.add_argument("--out", default="reports", help="output folder (default: ./reports)")
+    report.add_argument("--replace", action="store_true",
+                        help="write over a report in --out made from another run of the study "
+                             "(other settings, or more finished trials), rows and all")
     report.set_defaults(handler=_report)
 
     status = commands.add_parser("status", help="one study's finished trials, best first")

@@ -164,3 +164,42 @@ def test_time_taken_counts_only_the_time_trials_ran():
     assert _time_taken(trials) == "2.5 min wall clock (3.0 min of trial time)"
     failed = pd.DataFrame({"finished_at": [pd.Timestamp("2026-12-05")], "wall_time_s": [None]})
     assert _time_taken(failed) == "" and _time_taken(pd.concat([trials, failed])) == _time_taken(trials)
+
+
+def test_report_does_not_write_over_the_report_of_another_run(tmp_path, capsys):
+    """The README's first look (a smoke run), then `harness report` with the default --out, wrote
+    over the shipped cpu study's report and its copy of the 10-seed rows. A report of another run
+    (other settings, or fewer finished trials) now stops with one line, writing nothing, unless
+    --replace; a run that adds seeds to the study extends its report."""
+    from harness.cli import main
+    from harness.recorder import record_trial
+
+    def run(name: str, scale: str, seeds: list[int], recorded: list[int] | None = None):
+        study = load_study(REPO / "studies" / "mask_ratio.yaml", scale).model_copy(update={"seeds": seeds})
+        run_dir = tmp_path / name / "mask_ratio"
+        run_dir.mkdir(parents=True)
+        (run_dir / "study.json").write_text(study.model_dump_json())
+        for seed in seeds if recorded is None else recorded:
+            for index, point in enumerate(study.sweep.points[:2]):
+                record_trial(run_dir, study, f"{name}{index}{seed}", {"point": point, "seed": seed},
+                             {"eval_top1": 0.2 + 0.01 * seed, "eval_top5": 0.9, "pretrain_loss": 0.9, "wall_time_s": 60.0,
+                              "cpu_seconds": 60.0, "gpu_seconds": 0.0, "eval_protocol": "knn"})
+        return str(run_dir)
+
+    out = tmp_path / "reports"
+    copied_rows = lambda: len(pd.read_parquet(out / "mask_ratio" / "trials.parquet"))  # noqa: E731
+    assert main(["report", run("shipped", "cpu", [0, 1, 2]), "--out", str(out)]) == 0 and copied_rows() == 6
+    page = (out / "mask_ratio.md").read_text()
+    capsys.readouterr()
+    smoke, partial = run("smoke", "smoke", [0]), run("partial", "cpu", [0, 1, 2], recorded=[0])
+    assert main(["report", smoke, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"harness: report {smoke}: {out / 'mask_ratio'} is the report of another run of the study (scale cpu -> smoke, "
+        "evaluate.epochs 200 -> 50, evaluate.train_clips 500 -> None, ...); write it elsewhere with --out DIR, "
+        "or over it with --replace\n")
+    assert main(["report", partial, smoke, "--out", str(out)]) == 2  # every run checked before any is written
+    assert f"{out / 'mask_ratio'} holds 6 finished trials, this run 2;" in capsys.readouterr().err
+    assert copied_rows() == 6 and (out / "mask_ratio.md").read_text() == page
+    assert main(["report", run("more", "cpu", [0, 1, 2, 3]), "--out", str(out)]) == 0 and copied_rows() == 8
+    assert main(["report", str(out / "mask_ratio"), "--out", str(out)]) == 0  # rebuilt from its own copy
+    assert main(["report", smoke, "--out", str(out), "--replace"]) == 0 and copied_rows() == 2

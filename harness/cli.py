@@ -107,7 +107,7 @@ def _report(args: argparse.Namespace) -> int:
         inside = sorted(p for p in given.glob("*") if (p / TRIALS_FILE).is_file())
         folders += inside if inside and not (given / TRIALS_FILE).exists() else [given]
     out = _output_folder("--out", args.out)
-    for run_dir in folders if not args.replace else []:  # all checked before any is written
+    for run_dir in [] if args.replace else folders:  # all checked before any is written
         if reason := replaced_run(run_dir, out):
             raise StudyError(f"report {run_dir}: {reason}; write it elsewhere with --out DIR, or over it with --replace")
     for run_dir in folders:

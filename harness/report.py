@@ -16,7 +16,8 @@ import pandas as pd
 from .figures import figures, hashable, parameters, summarize
 from .findings import METRIC, findings
 from .gallery import gallery_png
-from .results import EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, final_rows, read_trials, settings_changed
+from .results import (EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, added_seeds, final_rows, read_trials,
+                      settings_changed)
 from .study import Study
 
 BLANK = "–"  # a cell with no value: a setting a trial did not have (scratch), a spread of one seed
@@ -185,17 +186,14 @@ def replaced_run(run_dir: Path, out_dir: Path) -> str | None:
     """Why writing run_dir's report into out_dir would replace the report, and the copy of the
     rows, of another run: the copy there was made with other settings (a smoke run over a shipped
     study's report) or holds finished trials this run lacks. None when it would not; a run that
-    adds seeds to the copy's study extends its report."""
+    adds seeds to the copy's grid study (as `harness run` does) extends its report."""
     run_dir, target = Path(run_dir), Path(out_dir) / Path(run_dir).resolve().name
     if target.resolve() == run_dir.resolve() or not all((d / TRIALS_FILE).is_file() for d in (run_dir, target)):
         return None
-    if (target / STUDY_FILE).is_file() and (run_dir / STUDY_FILE).is_file():
+    if (run_dir / STUDY_FILE).is_file():
         settings = json.loads((run_dir / STUDY_FILE).read_text())
-        seeds = json.loads((target / STUDY_FILE).read_text()).get("seeds", [])
-        if set(seeds) <= set(settings.get("seeds", [])):
-            settings = {**settings, "seeds": seeds}
-        changed = settings_changed(target, settings)
-        if changed:
+        changed = settings_changed(target, settings)  # [] when the copy has no study.json
+        if changed and not added_seeds(target, settings):
             more = ", ..." if len(changed) > 3 else ""
             return f"{target} is the report of another run of the study ({', '.join(changed[:3])}{more})"
     held, finished = len(final_rows(target)), len(final_rows(run_dir))

@@ -18,18 +18,23 @@ TINY = {"synth": {"train_clips": 48, "val_clips": 24},
         "evaluate": {"train_clips": 48, "epochs": 30}}
 
 
-def test_pretrain_reports_each_epoch_then_resumes_where_it_stopped(tmp_path):
+def test_pretrain_reports_each_epoch_and_keeps_a_final_checkpoint_without_optimizer_state(tmp_path):
     experiment = Experiment.model_validate(TINY)
     session = Session(tmp_path)
     pretrain(experiment, seed=0, session=session)
     assert [r["epoch"] for r in session.reports] == [1, 2]
     assert session.reports[-1]["loss_curve"] == [r["loss"] for r in session.reports]
 
+    # A stage's last checkpoint is for evaluation and reconstructions only: AdamW's moments,
+    # twice the weights, are left out of it (mid-run ones keep them: the test below resumes).
+    final = torch.load(tmp_path / "latest" / "checkpoint.pt", weights_only=True)
+    assert "optimizer" not in final and final["epoch"] == 2 and "encoder.norm.weight" in final["model"]
+    again = Session(tmp_path)
+    pretrain(experiment, seed=0, session=again)  # a finished stage run again reports, trains nothing
+    assert again.reports == [{**session.reports[-1], "resumed_from_epoch": 2}]
     longer = Experiment.model_validate({**TINY, "pretrain": {"epochs": 3, "batch_size": 16}})
-    resumed = Session(tmp_path)
-    pretrain(longer, seed=0, session=resumed)
-    assert [r["epoch"] for r in resumed.reports] == [3]  # epochs 1-2 came from the checkpoint
-    assert resumed.reports[0]["loss_curve"][:2] == session.reports[-1]["loss_curve"]
+    with pytest.raises(ValueError, match="finished pre-training of 2 epochs.*cannot be continued to 3"):
+        pretrain(longer, seed=0, session=Session(tmp_path))
 
 
 def test_pretraining_decays_only_the_weight_matrices_as_the_videomae_code_does():

@@ -99,9 +99,18 @@ def test_a_stage_run_in_the_trial_keeps_its_newest_checkpoint_and_resumes_from_i
     location = (str(tmp_path / "store") if where == "folder" else
                 f"s3://harness/stage?endpoint_override={request.getfixturevalue('s3_endpoint')}&{OPTIONS}")
     storage = Storage.at(location, "study")
-    spec = {"synth": {"train_clips": 32, "val_clips": 16}, "model": {"preset": "tiny", "overrides": {"depth": 2}}}
-    first = LocalRunSession(storage, "t1-pretrain")
-    pretrain(Experiment.model_validate({**spec, "pretrain": {"epochs": 2, "batch_size": 16}}), 0, first)
+    class StoppedAfterTwoEpochs(LocalRunSession):  # as a killed trial's process
+        def report(self, metrics, checkpoint_dir=None):
+            super().report(metrics, checkpoint_dir)
+            if metrics["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    experiment = Experiment.model_validate({"synth": {"train_clips": 32, "val_clips": 16},
+                                            "model": {"preset": "tiny", "overrides": {"depth": 2}},
+                                            "pretrain": {"epochs": 3, "batch_size": 16}})
+    first = StoppedAfterTwoEpochs(storage, "t1-pretrain")
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(experiment, 0, first)
     assert storage.read_json("train", "t1-pretrain", LATEST_FILE) == {"index": 2, "checkpoint": "checkpoint_000002"}
     kept = storage.filesystem.get_file_info(pafs.FileSelector(storage.path("train", "t1-pretrain")))
     assert sorted(info.base_name for info in kept) == ["checkpoint_000002", LATEST_FILE]
@@ -109,7 +118,7 @@ def test_a_stage_run_in_the_trial_keeps_its_newest_checkpoint_and_resumes_from_i
     assert first.metrics["epoch"] == 2 and first.metrics["resumed_from_epoch"] == 0
 
     resumed = LocalRunSession(storage, "t1-pretrain")  # as a restarted trial makes it
-    pretrain(Experiment.model_validate({**spec, "pretrain": {"epochs": 3, "batch_size": 16}}), 0, resumed)
+    pretrain(experiment, 0, resumed)
     assert resumed.metrics["resumed_from_epoch"] == 2 and resumed.metrics["epoch"] == 3
     assert resumed.metrics["loss_curve"][:2] == first.metrics["loss_curve"]
     assert storage.read_json("train", "t1-pretrain", LATEST_FILE)["checkpoint"] == "checkpoint_000003"

@@ -59,6 +59,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from .sweep import run_study
 
+    _outside_job_copy("--runs", args.runs)
+    if args.storage and "://" not in args.storage:
+        _outside_job_copy("--storage", args.storage)
     run_dir, failed, unfinished = run_study(study, args.runs, address=args.address, restart=args.restart,
                                             verbose=args.verbose, source=args.study, storage=args.storage)
     if (run_dir / TRIALS_FILE).exists():
@@ -87,6 +90,17 @@ def _note_missing_paths(reads: list[DataRead]) -> None:
               "a run needs it on every node", file=sys.stderr)
 
 
+def _outside_job_copy(option: str, path: str) -> None:
+    """Refuse a folder in the copy of its working dir that Ray makes for a job (`ray job submit
+    --working-dir .`, which runs the command there): Ray deletes that copy, and a resubmitted job
+    gets a new one, so results written there would be lost and a rerun would not resume."""
+    where = Path(path).resolve()
+    if {"runtime_resources", "working_dir_files"} <= set(where.parts):
+        raise StudyError(f"{option} {path}: {where} is in the copy of its working dir that Ray made for this job, "
+                         f"which Ray deletes; give {option} an absolute path that outlives the job "
+                         f"(shared storage), e.g. {option} /shared/{Path(path).name}")
+
+
 def _output_folder(option: str, path: str) -> Path:
     """Make an output folder before any work, so that a path that cannot be one is a line naming the option."""
     folder = Path(path)
@@ -106,6 +120,7 @@ def _report(args: argparse.Namespace) -> int:
     for given in map(Path, args.runs):  # a runs folder stands for every study run in it
         inside = sorted(p for p in given.glob("*") if (p / TRIALS_FILE).is_file())
         folders += inside if inside and not (given / TRIALS_FILE).exists() else [given]
+    _outside_job_copy("--out", args.out)
     out = _output_folder("--out", args.out)
     for run_dir in [] if args.replace else folders:  # all checked before any is written
         if reason := replaced_run(run_dir, out):

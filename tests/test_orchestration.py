@@ -78,6 +78,30 @@ def test_submitted_as_a_ray_job(tmp_path, cluster):
     assert len(trials) == 1 and (trials["status"] == "ok").all()
 
 
+def test_a_job_run_in_its_working_dir_copy_keeps_no_results_there(tmp_path, cluster):
+    """`ray job submit --working-dir .`: the command runs in a copy Ray deletes later, so a
+    relative --runs (or --out) there is refused, in one line, before anything is written."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    project = tmp_path / "project"
+    project.mkdir()
+    write_study(project, "copied")
+    client = JobSubmissionClient(f"http://{cluster.head_node.address_info['webui_url']}")
+    job = client.submit_job(entrypoint=f"{sys.executable} -m harness.cli run copied.yaml; echo run exit $?; ls; "
+                                       f"{sys.executable} -m harness.cli report {tmp_path} --out reports",
+                            runtime_env={"working_dir": str(project)})
+    deadline = time.time() + 300
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < deadline, "the job did not end"
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.FAILED, logs[-4000:]
+    lines = logs.splitlines()
+    refusals = [line for line in lines if "in the copy of its working dir that Ray made for this job" in line]
+    assert [line.split(":")[0:2] for line in refusals] == [["harness", " --runs runs"], ["harness", " --out reports"]]
+    assert "run exit 2" in lines and "runs" not in lines  # nothing written in the copy
+
+
 def test_asha_stops_the_trial_with_the_worse_pretraining_loss(tmp_path, cluster):
     """One trial at a time, the better loss first: at the first rung the second is worse, so ASHA
     stops it; its row says so and keeps the epochs it ran."""

@@ -60,19 +60,24 @@ def test_optuna_runs_each_draw_on_every_seed_and_is_told_their_mean(tmp_path, cl
     assert told == pytest.approx(draws["eval_top1"].mean().to_dict())
 
 
-def test_submitted_as_a_ray_job(tmp_path, cluster):
-    """`ray job submit -- harness run ...`: the job's RAY_ADDRESS is joined, the rows land."""
+def submitted_job(cluster, entrypoint: str, **options) -> tuple[str, str]:
+    """Submit a Ray Job to the cluster as `ray job submit` does, wait for it: (status, logs)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    study = write_study(tmp_path, "job")
     client = JobSubmissionClient(f"http://{cluster.head_node.address_info['webui_url']}")
-    job = client.submit_job(entrypoint=f"{sys.executable} -m harness.cli run {study} --runs {tmp_path / 'runs'}")
+    job = client.submit_job(entrypoint=entrypoint, **options)
     deadline = time.time() + 600
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline, "the job did not end"
         time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
+    return client.get_job_status(job), client.get_job_logs(job)
+
+
+def test_submitted_as_a_ray_job(tmp_path, cluster):
+    """`ray job submit -- harness run ...`: the job's RAY_ADDRESS is joined, the rows land."""
+    study = write_study(tmp_path, "job")
+    status, logs = submitted_job(cluster, f"{sys.executable} -m harness.cli run {study} --runs {tmp_path / 'runs'}")
+    assert status == "SUCCEEDED", logs[-4000:]
     assert "Ray cluster " in logs and "started locally" not in logs  # it joined the job's cluster
     trials = pd.read_parquet(tmp_path / "runs" / "job" / "trials.parquet")
     assert len(trials) == 1 and (trials["status"] == "ok").all()
@@ -81,21 +86,13 @@ def test_submitted_as_a_ray_job(tmp_path, cluster):
 def test_a_job_run_in_its_working_dir_copy_keeps_no_results_there(tmp_path, cluster):
     """`ray job submit --working-dir .`: the command runs in a copy Ray deletes later, so a
     relative --runs (or --out) there is refused, in one line, before anything is written."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     project = tmp_path / "project"
     project.mkdir()
     write_study(project, "copied")
-    client = JobSubmissionClient(f"http://{cluster.head_node.address_info['webui_url']}")
-    job = client.submit_job(entrypoint=f"{sys.executable} -m harness.cli run copied.yaml; echo run exit $?; ls; "
-                                       f"{sys.executable} -m harness.cli report {tmp_path} --out reports",
-                            runtime_env={"working_dir": str(project)})
-    deadline = time.time() + 300
-    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, "the job did not end"
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.FAILED, logs[-4000:]
+    status, logs = submitted_job(cluster, f"{sys.executable} -m harness.cli run copied.yaml; echo run exit $?; ls; "
+                                          f"{sys.executable} -m harness.cli report {tmp_path} --out reports",
+                                 runtime_env={"working_dir": str(project)})
+    assert status == "FAILED", logs[-4000:]
     lines = logs.splitlines()
     refusals = [line for line in lines if "in the copy of its working dir that Ray made for this job" in line]
     assert [line.split(":")[0:2] for line in refusals] == [["harness", " --runs runs"], ["harness", " --out reports"]]

@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         res, reads = study.resources, data_sources(study)
         print(f"each trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU, "
               f"{res.gpus_per_worker:g} GPU, {res.loader_processes()} loader process(es) each; "
-              f"pre-train {study.pretrain.epochs} epochs on "
+              f"pre-train {_epochs(reads)} epochs on "
               f"{_sources(reads, 'pretrain')}, evaluate ({study.evaluate.protocol}) on {_sources(reads, 'evaluate')}")
         _note_missing_paths(reads)
         return 0
@@ -78,6 +78,13 @@ def _sources(reads: list[DataRead], stage: str) -> str:
     sources = [read.source for read in reads if read.stage == stage
                and (stage == "evaluate" or read.experiment.pretrain.method != "scratch")]
     return " | ".join(dict.fromkeys(sources)) or "nothing (scratch only)"
+
+
+def _epochs(reads: list[DataRead]) -> str:
+    """The pre-training epochs across the trials (points may set their own), in first-use order."""
+    epochs = [str(read.experiment.pretrain.epochs) for read in reads
+              if read.stage == "pretrain" and read.experiment.pretrain.method != "scratch"]
+    return " | ".join(dict.fromkeys(epochs)) or "0"
 
 
 def _note_missing_paths(reads: list[DataRead]) -> None:

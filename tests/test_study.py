@@ -98,6 +98,9 @@ def test_dry_run_plans_a_cluster_study_whose_data_is_not_on_this_machine(capsys)
     assert "note: sweep.points: pretrain.source: data path /data/k400 does not exist on this machine" in captured.err
     assert main(["run", str(study), "--scale", "paper"]) == 2
     assert "pretrain.source: data path /data/k400 does not exist" in capsys.readouterr().err
+    # data_efficiency's paper scale gives its subsets their own epochs, and the plan says so
+    assert main(["run", str(REPO / "studies" / "data_efficiency.yaml"), "--scale", "paper", "--dry-run"]) == 0
+    assert "18 trials" in (out := capsys.readouterr().out) and "pre-train 4800 | 3200 | 800 epochs on list:" in out
     # Each target is tested as the VideoMAE code tests it: SSV2 on 2 x 3 segments, K400 on 5 x 3 windows at 4
     paper = load_study(study, "paper", check_paths=False)
     targets = {(e.evaluate.source, e.evaluate.sampling, e.evaluate.test_clips, e.evaluate.test_crops,

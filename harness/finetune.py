@@ -107,12 +107,13 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device),
                         "lr": lr, "clips_per_s": clips * session.world_size / seconds})
-        with checkpoint_folder() as tmp:
-            if session.rank == 0:
+        with checkpoint_folder() as tmp:  # the last epoch's is kept: testing may take minutes
+            kept = session.rank == 0 and session.checkpoint_due(epoch + 1 == recipe.epochs)
+            if kept:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                             "epoch": epoch + 1, "history": history}, Path(tmp) / CHECKPOINT_FILE)
             session.report({"stage": "finetune", **history[-1], "total_epochs": recipe.epochs},
-                           tmp if session.rank == 0 else None)
+                           tmp if kept else None)
 
     val_set = eval_dataset(experiment, val_table, train=False)
     scores, labels = predict(model, val_set, session, spec.batch_size, experiment.precision)

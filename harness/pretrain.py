@@ -169,11 +169,13 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
                    "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
         # The last checkpoint is never trained on again, so it leaves out AdamW's two moments
         # (2/3 of it: 750 MB of a ViT-B's 1.1 GB), as fine-tuning's last one does.
-        resumable = {} if diverged or epoch + 1 == spec.epochs else {"optimizer": optimizer.state_dict()}
+        last = diverged or epoch + 1 == spec.epochs
+        resumable = {} if last else {"optimizer": optimizer.state_dict()}
         with checkpoint_folder() as tmp:
-            if session.rank == 0:
+            kept = session.rank == 0 and session.checkpoint_due(last)
+            if kept:
                 torch.save({"model": core.state_dict(), **resumable, "epoch": epoch + 1, "history": history,
                             "skipped": skipped, "metrics": metrics}, Path(tmp) / CHECKPOINT_FILE)
-            session.report(metrics, tmp if session.rank == 0 else None)
+            session.report(metrics, tmp if kept else None)
         if diverged:  # stopped: the trial is recorded as diverged, not evaluated
             return

@@ -8,6 +8,7 @@ import functools
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,10 +22,22 @@ class Session:
     rank: int = 0
     world_size: int = 1
     loader_workers: int = 0  # processes that load clips beside the training one (resources.loader_workers)
+    checkpoint_interval_s: float = 0.0  # resources.checkpoint_interval_s: 0, every epoch
 
     def __init__(self, checkpoint_root: str | Path | None = None):
         self.checkpoint_root = Path(checkpoint_root) if checkpoint_root else None
         self.reports: list[dict[str, Any]] = []
+        self._checkpointed_at = time.monotonic()
+
+    def checkpoint_due(self, last: bool) -> bool:
+        """Whether this epoch's report carries a checkpoint: a stage's last epoch always, others once
+        `checkpoint_interval_s` has passed since the last one (or the stage began). Only rank 0's
+        answer counts: it alone writes the checkpoint."""
+        now = time.monotonic()
+        if last or now - self._checkpointed_at >= self.checkpoint_interval_s:
+            self._checkpointed_at = now
+            return True
+        return False
 
     @property
     def device(self) -> torch.device:

@@ -160,6 +160,10 @@ class ResourcesSpec(Strict):
     # worker's CPUs but one (the GPU would otherwise wait on decoding); on CPUs none, since the
     # cores do the model's maths and loading runs between steps (BENCHMARKS.md: several times ahead).
     loader_workers: int | Literal["auto"] = "auto"
+    # Seconds of training between a stage's checkpoints (0: every epoch; its last epoch always):
+    # where epochs take seconds and checkpoints a GB (ViT-B on a few thousand clips), writing one
+    # every epoch would cost more than the epochs. An interrupted stage resumes from the last one.
+    checkpoint_interval_s: float = Field(0.0, ge=0)
 
     @field_validator("loader_workers", mode="before")
     @classmethod

@@ -54,7 +54,8 @@ def run_stage(worker: Callable[..., None], name: str, study: Study, storage: Sto
     """Run one stage named `name` as a Ray Train run (relaunching it resumes it); its last
     metrics and checkpoint."""
     loop_config = {**loop_config, "cpus_per_worker": study.resources.cpus_per_worker,
-                   "loader_workers": study.resources.loader_processes()}
+                   "loader_workers": study.resources.loader_processes(),
+                   "checkpoint_interval_s": study.resources.checkpoint_interval_s}
     if in_trial_process(study):
         from .worker import LocalRunSession
 

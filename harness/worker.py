@@ -114,6 +114,7 @@ def _worker_setup(config: dict, session: Session | None) -> tuple[Experiment, in
     torch.set_num_threads(max(1, int(config["cpus_per_worker"]) - loader_workers))
     session = session or RayTrainSession()
     session.loader_workers = loader_workers
+    session.checkpoint_interval_s = config.get("checkpoint_interval_s", 0.0)
     return Experiment.model_validate(config["experiment"]), config["seed"], session
 
 

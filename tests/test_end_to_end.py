@@ -254,3 +254,17 @@ def test_a_relative_cache_folder_is_the_one_the_trials_read(tmp_path):
     assert len(list((tmp_path / name / "synth").glob("*/manifest.csv"))) == 1
     session = Path(tempfile.gettempdir(), "ray", "session_latest").resolve()  # the run's own Ray
     assert not list(session.rglob(name)), "a trial made the synthetic data again in its working folder"
+
+
+def test_a_checkpoint_interval_reaches_the_stages(tmp_path):
+    """resources.checkpoint_interval_s of an hour: each stage of a 3-epoch trial writes one
+    checkpoint, its last (the record counts them), and the trial finishes as usual."""
+    study = write_study(tmp_path, "interval", pretrain={"epochs": 3, "batch_size": 16},
+                        resources={"workers_per_trial": 1, "cpus_per_worker": 1, "checkpoint_interval_s": 3600})
+    done = harness("run", str(study), "--runs", "runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "pretrain epoch 3/3" in done.stdout
+    (record,) = (tmp_path / "runs" / "interval" / "train").glob("*-pretrain/latest.json")
+    assert json.loads(record.read_text()) == {"index": 1, "checkpoint": "checkpoint_000001"}
+    trials = pd.read_parquet(tmp_path / "runs" / "interval" / "trials.parquet")
+    assert list(trials["status"]) == ["ok"] and trials["pretrain_loss_curve"].map(len).tolist() == [3]

@@ -89,6 +89,45 @@ def test_a_stopped_run_resumes_to_the_run_it_would_have_been(tmp_path):
         assert len(resumed.reports) == (1 if name == "pretrain" else 2)  # epoch 3 (and the test) ran again
 
 
+class Checkpoints(Session):
+    """A session that notes which reports carry a checkpoint."""
+
+    def __init__(self, root, interval_s):
+        super().__init__(root)
+        self.checkpoint_interval_s, self.kept = interval_s, []
+
+    def report(self, metrics, checkpoint_dir=None):
+        if checkpoint_dir:
+            self.kept.append(metrics.get("epoch", "result"))  # the evaluation's result has no epoch
+        super().report(metrics, checkpoint_dir)
+
+
+def test_a_checkpoint_interval_keeps_the_last_epoch_and_those_it_is_due(tmp_path):
+    """resources.checkpoint_interval_s: 0 keeps every epoch; an hour keeps only each stage's last
+    (fine-tuning's before its test), and a run stopped before any resumes from the start."""
+    experiment = Experiment.model_validate({**TINY, "pretrain": {"epochs": 3, "batch_size": 16},
+                                            "evaluate": {**TINY["evaluate"], "protocol": "finetune",
+                                                         "finetune": {"epochs": 3, "batch_size": 16}}})
+    for interval_s, kept in ((0.0, [1, 2, 3]), (3600.0, [3])):
+        pretraining = Checkpoints(tmp_path / f"pretrain-{interval_s}", interval_s)
+        pretrain(experiment, 0, pretraining)
+        finetuning = Checkpoints(tmp_path / f"finetune-{interval_s}", interval_s)
+        evaluate(experiment, 0, finetuning, tmp_path / f"pretrain-{interval_s}" / "latest")
+        assert pretraining.kept == kept and finetuning.kept == [*kept, "result"], interval_s
+
+    class StoppedAfterTwo(Checkpoints):
+        def report(self, metrics, checkpoint_dir=None):
+            super().report(metrics, checkpoint_dir)
+            if metrics["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(experiment, 0, StoppedAfterTwo(tmp_path / "stopped", 3600.0))
+    resumed = Checkpoints(tmp_path / "stopped", 3600.0)
+    pretrain(experiment, 0, resumed)
+    assert resumed.reports[-1]["resumed_from_epoch"] == 0 and [r["epoch"] for r in resumed.reports] == [1, 2, 3]
+
+
 def test_evaluate_pretrained_and_scratch_encoders(tmp_path):
     experiment = Experiment.model_validate(TINY)
     session = Session(tmp_path)

@@ -93,7 +93,7 @@ def test_dry_run_plans_a_cluster_study_whose_data_is_not_on_this_machine(capsys)
     assert main(["run", str(study), "--scale", "paper", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "18 trials" in captured.out
-    assert "pre-train 800 epochs on folder:/data/k400 | list:/data/ssv2," in captured.out
+    assert "pre-train 800 | 4600 epochs on folder:/data/k400 | list:/data/ssv2," in captured.out
     assert "evaluate (finetune) on list:/data/ssv2 | folder:/data/k400" in captured.out
     assert "note: sweep.points: pretrain.source: data path /data/k400 does not exist on this machine" in captured.err
     assert main(["run", str(study), "--scale", "paper"]) == 2

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from .results import TRIALS_FILE, StorageError
 from .sources import DataError
@@ -73,18 +74,20 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _across_trials(reads: list[DataRead], stage: str, value: Callable[[DataRead], Any], none: str) -> str:
+    """`value` of each trial's read in `stage` (a sweep may vary it; a scratch trial pre-trains
+    nothing), the distinct ones in first-use order; `none` when no trial has the stage."""
+    values = [str(value(read)) for read in reads if read.stage == stage
+              and (stage == "evaluate" or read.experiment.pretrain.method != "scratch")]
+    return " | ".join(dict.fromkeys(values)) or none
+
+
 def _sources(reads: list[DataRead], stage: str) -> str:
-    """The sources a stage reads across the trials (a sweep may set them), in first-use order."""
-    sources = [read.source for read in reads if read.stage == stage
-               and (stage == "evaluate" or read.experiment.pretrain.method != "scratch")]
-    return " | ".join(dict.fromkeys(sources)) or "nothing (scratch only)"
+    return _across_trials(reads, stage, lambda read: read.source, "nothing (scratch only)")
 
 
 def _epochs(reads: list[DataRead]) -> str:
-    """The pre-training epochs across the trials (points may set their own), in first-use order."""
-    epochs = [str(read.experiment.pretrain.epochs) for read in reads
-              if read.stage == "pretrain" and read.experiment.pretrain.method != "scratch"]
-    return " | ".join(dict.fromkeys(epochs)) or "0"
+    return _across_trials(reads, "pretrain", lambda read: read.experiment.pretrain.epochs, "0")
 
 
 def _note_missing_paths(reads: list[DataRead]) -> None:

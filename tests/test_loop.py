@@ -115,14 +115,10 @@ def test_a_checkpoint_interval_keeps_the_last_epoch_and_those_it_is_due(tmp_path
         evaluate(experiment, 0, finetuning, tmp_path / f"pretrain-{interval_s}" / "latest")
         assert pretraining.kept == kept and finetuning.kept == [*kept, "result"], interval_s
 
-    class StoppedAfterTwo(Checkpoints):
-        def report(self, metrics, checkpoint_dir=None):
-            super().report(metrics, checkpoint_dir)
-            if metrics["epoch"] == 2:
-                raise KeyboardInterrupt
-
+    stopped = StoppedAfter(tmp_path / "stopped", 2)
+    stopped.checkpoint_interval_s = 3600.0
     with pytest.raises(KeyboardInterrupt):
-        pretrain(experiment, 0, StoppedAfterTwo(tmp_path / "stopped", 3600.0))
+        pretrain(experiment, 0, stopped)
     resumed = Checkpoints(tmp_path / "stopped", 3600.0)
     pretrain(experiment, 0, resumed)
     assert resumed.reports[-1]["resumed_from_epoch"] == 0 and [r["epoch"] for r in resumed.reports] == [1, 2, 3]

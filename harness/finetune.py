@@ -15,7 +15,8 @@ from models import VideoClassifier, layer_decay_groups
 
 from .data import ClipDataset
 from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final
-from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, lr_at, skipped_files
+from .pretrain import (CHECKPOINT_FILE, autocast, build_pretrain_model, grad_scaler, lr_at, optimizer_step,
+                       scaler_state, skipped_files)
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder
 from .study import Experiment
 
@@ -65,8 +66,11 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
     core = getattr(model, "module", model)
     groups = layer_decay_groups(core, recipe.lr, recipe.weight_decay, recipe.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), fused=True)
+    scaler = grad_scaler(experiment.precision, device)
     if state:  # loaded once the model is on its device, which the optimizer's state then follows
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
 
     train_set = eval_dataset(experiment, train_table, train=True, seed=seed)
     per_worker = max(1, min(recipe.batch_size, len(train_set)) // session.world_size)
@@ -89,14 +93,12 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
             with autocast(experiment.precision, device):
                 logits = model(video.to(device, non_blocking=True))
             loss = F.cross_entropy(logits.float(), labels.to(device), label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # The norm of the (all-reduced) gradient is the same on every worker, so all stop together.
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad or float("inf"))
-            if not torch.isfinite(norm):  # NaN weights would score as a guess: stop, say so
+            outcome = optimizer_step(loss, model, optimizer, scaler, recipe.clip_grad)
+            if outcome == "bad":  # NaN weights would score as a guess: stop, say so
                 diverged_at = epoch + 1
                 break
-            optimizer.step()
+            if outcome == "overflow":
+                continue
             loss_sum += loss.item() * len(labels)
             clips += len(labels)
         if diverged_at:
@@ -110,7 +112,7 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
         with checkpoint_folder() as tmp:  # the last epoch's is kept: testing may take minutes
             kept = session.rank == 0 and session.checkpoint_due(epoch + 1 == recipe.epochs)
             if kept:
-                torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), **scaler_state(scaler),
                             "epoch": epoch + 1, "history": history}, Path(tmp) / CHECKPOINT_FILE)
             session.report({"stage": "finetune", **history[-1], "total_epochs": recipe.epochs},
                            tmp if kept else None)

@@ -33,17 +33,52 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def resolved_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> bf16 where the hardware runs it fast (AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32."""
+    """`auto` -> bf16 where the hardware runs it fast (AMX/AVX512-BF16 CPUs, Ampere or newer GPUs),
+    fp16 on the GPUs before them with tensor cores (V100, T4: the paper's setting), else fp32."""
     if precision != "auto":
         return precision
     if device.type == "cuda":  # torch counts a V100's or T4's emulated bf16, several times slower than fp32
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16"
+        return "fp16" if torch.cuda.get_device_capability(device) >= (7, 0) else "fp32"
     return "bf16" if _cpu_has_fast_bf16() else "fp32"
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=resolved_precision(precision, device) == "bf16")
+    resolved = resolved_precision(precision, device)
+    return torch.autocast(device.type, dtype=torch.float16 if resolved == "fp16" else torch.bfloat16,
+                          enabled=resolved != "fp32")
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 needs its loss scaled up before the backward (its gradients would otherwise flush to
+    zero below 6e-8); for bf16 and fp32 the scaler is disabled and passes everything through."""
+    return torch.amp.GradScaler(device.type, enabled=resolved_precision(precision, device) == "fp16")
+
+
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, clip_grad: float | None) -> str:
+    """Backward, gradient clipping and the optimizer step of one batch. Returns `taken`;
+    `overflow` (fp16: the scaled gradients overflowed, the scaler halved its scale and skipped the
+    step, its usual search for a scale, not a fault); or `bad` (a NaN/inf loss or gradient
+    otherwise: the step is skipped, for the caller to count or stop on)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    # The norm of the (all-reduced) gradient is the same on every worker, so all skip together.
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad or float("inf"))
+    finite = bool(torch.isfinite(norm))
+    # Below a scale of 1 the gradients overflow fp16 unscaled: a fault, not a scale to search.
+    overflow = not finite and scaler.is_enabled() and bool(torch.isfinite(loss)) and scaler.get_scale() >= 1
+    if finite or overflow:
+        scaler.step(optimizer)  # skips the update itself after an overflow
+    scaler.update()
+    return "taken" if finite else "overflow" if overflow else "bad"
+
+
+def scaler_state(scaler: torch.amp.GradScaler) -> dict:
+    """The scaler's state for a checkpoint: none when disabled (bf16, fp32)."""
+    return {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
@@ -112,11 +147,14 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     model = session.prepare_model(model)
     core = getattr(model, "module", model)
     optimizer = pretrain_optimizer(core, spec)
+    scaler = grad_scaler(experiment.precision, device)
     if state:  # loaded once the model is on its device, which the optimizer's state then follows
         if "optimizer" not in state:
             raise ValueError(f"{checkpoint}: a finished pre-training of {state['epoch']} epochs, saved without "
                              f"its optimizer state, cannot be continued to {spec.epochs}")
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
 
     dataset = pretrain_dataset(experiment, seed)
     dataset.skipped.update(skipped)  # known bad files are not decoded (or logged) again
@@ -144,16 +182,13 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
             video, mask = video.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             with autocast(experiment.precision, device):
                 loss = model(video, mask, None if dropped is None else dropped.to(device)).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # The norm of the (all-reduced) gradient is the same on every worker, so all skip together.
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad or float("inf"))
-            if not torch.isfinite(norm):  # a NaN/inf loss or gradient: skip the step, count it
+            outcome = optimizer_step(loss, model, optimizer, scaler, spec.clip_grad)
+            if outcome == "bad":  # a NaN/inf loss or gradient: the step was skipped, count it
                 bad_steps += 1
                 if bad_steps > spec.max_bad_steps:
                     break
+            if outcome != "taken":
                 continue
-            optimizer.step()
             loss_sum += loss.item() * video.shape[0]
             clips += video.shape[0]
         diverged = bad_steps > spec.max_bad_steps
@@ -170,7 +205,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
         # The last checkpoint is never trained on again, so it leaves out AdamW's two moments
         # (2/3 of it: 750 MB of a ViT-B's 1.1 GB), as fine-tuning's last one does.
         last = diverged or epoch + 1 == spec.epochs
-        resumable = {} if last else {"optimizer": optimizer.state_dict()}
+        resumable = {} if last else {"optimizer": optimizer.state_dict(), **scaler_state(scaler)}
         with checkpoint_folder() as tmp:
             kept = session.rank == 0 and session.checkpoint_due(last)
             if kept:

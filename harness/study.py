@@ -268,8 +268,9 @@ class Experiment(Strict):
     synth: SynthSpec = SynthSpec()
     pretrain: PretrainSpec = PretrainSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
-    # autocast dtype of the model's matmuls; auto: bf16 where it is fast (AMX CPUs, GPUs), else fp32
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # autocast dtype of the model's matmuls; auto: bf16 where it is fast (AMX CPUs, Ampere or newer
+    # GPUs), fp16 with loss scaling on older GPUs with tensor cores (V100, T4), else fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     on_error: Literal["skip", "raise"] = "skip"  # bad videos: skip (logged, counted) or stop
 
     @model_validator(mode="after")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from harness.evaluate import evaluate
-from harness.pretrain import build_pretrain_model, pretrain, pretrain_optimizer
+from harness.pretrain import autocast, build_pretrain_model, grad_scaler, optimizer_step, pretrain, pretrain_optimizer
+from models import make_mask
 from harness.session import Session, checkpoint_folder
 from harness.study import Experiment
 
@@ -70,18 +71,25 @@ class StoppedAfter(Session):
             raise KeyboardInterrupt
 
 
-def test_a_stopped_run_resumes_to_the_run_it_would_have_been(tmp_path):
-    """Weights, optimizer state, schedule and sampling all come back: the resumed epochs are the
-    uninterrupted run's, to the bit."""
-    pretraining = Experiment.model_validate({**TINY, "pretrain": {"epochs": 3, "batch_size": 16}})
-    finetuning = Experiment.model_validate({**TINY, "evaluate": {**TINY["evaluate"], "protocol": "finetune",
-                                                                  "finetune": {"epochs": 3, "batch_size": 16}}})
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_stopped_run_resumes_to_the_run_it_would_have_been(tmp_path, precision):
+    """Weights, optimizer state (and fp16's loss scale), schedule and sampling all come back: the
+    resumed epochs are the uninterrupted run's, to the bit."""
+    pretraining = Experiment.model_validate({**TINY, "precision": precision,
+                                             "pretrain": {"epochs": 3, "batch_size": 16}})
+    finetuning = Experiment.model_validate({**TINY, "precision": precision,
+                                            "evaluate": {**TINY["evaluate"], "protocol": "finetune",
+                                                         "finetune": {"epochs": 3, "batch_size": 16}}})
     for name, run in (("pretrain", lambda e, s: pretrain(e, 0, s)), ("finetune", lambda e, s: evaluate(e, 0, s, None))):
         experiment = pretraining if name == "pretrain" else finetuning
         whole = Session(tmp_path / name / "whole")
         run(experiment, whole)
         with pytest.raises(KeyboardInterrupt):
             run(experiment, StoppedAfter(tmp_path / name / "stopped", 2))
+        stopped = torch.load(tmp_path / name / "stopped" / "latest" / "checkpoint.pt", weights_only=True)
+        assert ("scaler" in stopped) == (precision == "fp16"), name
+        if precision == "fp16":
+            assert stopped["scaler"]["scale"] == 2.0**16, name  # GradScaler's first scale: no overflow here
         resumed = Session(tmp_path / name / "stopped")
         run(experiment, resumed)
         curve = "loss_curve" if name == "pretrain" else "finetune_loss_curve"
@@ -194,6 +202,31 @@ def test_a_diverging_run_stops_and_says_so(tmp_path):
     again = Session(tmp_path)  # a rerun hands back the diverged result instead of training on
     pretrain(experiment, seed=0, session=again)
     assert [r["diverged"] for r in again.reports] == [True]
+
+
+def test_fp16_skips_overflowing_steps_while_its_loss_scale_comes_down_and_stops_on_a_nan_loss():
+    """fp16 (autocast and loss scaling, as the paper trained on V100s): a loss scaled past fp16's
+    range overflows the gradients; that step is skipped and the scale halved, which is the
+    scaler's search for a scale and not a bad step; a NaN loss is one."""
+    experiment = Experiment.model_validate({**TINY, "precision": "fp16"})
+    model = build_pretrain_model(experiment, seed=0)
+    optimizer = pretrain_optimizer(model, experiment.pretrain)
+    scaler = grad_scaler("fp16", torch.device("cpu"))
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 2.0**40})  # far past fp16's 65504: they overflow
+    grid, video = model.config.grid, torch.randn(2, 3, 16, 32, 32)
+    mask = make_mask("tube", 2, grid, 0.9, torch.Generator().manual_seed(0))
+    outcomes, weights = [], model.encoder.norm.weight.detach().clone()
+    while not outcomes or outcomes[-1] == "overflow":
+        with autocast("fp16", torch.device("cpu")):
+            loss = model(video, mask).loss
+        outcomes.append(optimizer_step(loss, model, optimizer, scaler, clip_grad=None))
+        if outcomes[-1] == "overflow":
+            assert torch.equal(model.encoder.norm.weight, weights)  # the step was skipped
+    assert len(outcomes) > 10 and outcomes[-1] == "taken" and scaler.get_scale() == 2.0 ** (41 - len(outcomes))
+    assert not torch.equal(model.encoder.norm.weight, weights)
+    nan_loss = model(video, mask).loss * float("nan")
+    assert optimizer_step(nan_loss, model, optimizer, scaler, clip_grad=None) == "bad"
+    assert optimizer_step(model(video, mask).loss, model, optimizer, scaler, clip_grad=None) == "taken"
 
 
 def test_a_diverging_finetune_stops_and_says_so(tmp_path):

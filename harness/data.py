@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import random
+import shutil
 from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import decord
@@ -329,7 +330,7 @@ class ClipLoader:
 
     def __init__(self, dataset: ClipDataset, batch_size: int, sampler: Iterable[int] | None = None, *,
                  workers: int = 0, flatten_views: bool = True, drop_last: bool = False, pin_memory: bool = False):
-        self.dataset = dataset
+        self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
         indices = range(len(dataset)) if sampler is None else sampler
         self.loader = DataLoader(_AtEpoch(dataset), batch_size=batch_size, sampler=_EpochIndices(indices, dataset),
                                  drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
@@ -346,6 +347,21 @@ class ClipLoader:
                 yield videos, labels
         except DataError as error:  # from a loader process: the message is its whole traceback
             raise DataError(_original_message(str(error))) from None
+        except RuntimeError as error:  # torch's: "unable to allocate shared memory(shm) ..." or a bus error
+            if "shared memory" not in str(error):
+                raise
+            raise DataError(self._out_of_shared_memory()) from None
+
+    def _out_of_shared_memory(self) -> str:
+        """Loader processes hand batches over in /dev/shm, 64 MB in a Docker container by default."""
+        data = self.dataset
+        batch_mb = self.batch_size * data.views * 3 * data.num_frames * data.size**2 * 4 / 2**20
+        free_mb = shutil.disk_usage("/dev/shm").free / 2**20 if os.path.isdir("/dev/shm") else 0
+        waiting = self.workers * self.loader.prefetch_factor
+        return (f"the loader processes ran out of shared memory: /dev/shm has {free_mb:.0f} MB free, a batch "
+                f"takes {batch_mb:.0f} MB and up to {waiting} wait there ({self.workers} processes x "
+                f"{self.loader.prefetch_factor}); give /dev/shm more room (docker run --shm-size=...) "
+                f"or set resources.loader_workers lower (0: load in the training process)")
 
 
 class _EpochIndices:

@@ -270,6 +270,27 @@ def test_loader_processes_give_the_batches_of_the_training_process(tmp_path):
     assert len(list(loader)) == 2 and list(kept.skipped) == [paths[3]]
 
 
+def test_loader_processes_out_of_shared_memory_say_so_in_one_line(tmp_path):
+    """Loader processes hand batches over in /dev/shm, which a Docker container gets 64 MB of by
+    default: torch's error names a temporary file; ours says what to change. Run in a mount
+    namespace of its own whose /dev/shm holds 1 MB."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs a mount namespace of its own (unshare -rm) to give /dev/shm 1 MB")
+    params = SynthParams(train_clips=8, val_clips=1, size=32)
+    manifest = pd.read_csv(generate(params, tmp_path, workers=1))
+    paths = [str(tmp_path / p) for p in manifest["path"][:8]]
+    script = ("import sys; from harness.data import ClipDataset, ClipLoader\n"
+              f"dataset = ClipDataset({paths!r}, [0] * 8, num_frames=8, size=64, num_sample=2)\n"
+              "try:\n    list(ClipLoader(dataset, 4, range(8), workers=1))\n"
+              "except Exception as error:\n    sys.exit(f'{type(error).__name__}: {error}')\n")
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs /dev/shm && "$0" -c "$1"',
+                          sys.executable, script], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.splitlines()[-1] == (
+        "DataError: the loader processes ran out of shared memory: /dev/shm has 1 MB free, a batch takes 3 MB "
+        "and up to 2 wait there (1 processes x 2); give /dev/shm more room (docker run --shm-size=...) "
+        "or set resources.loader_workers lower (0: load in the training process)")
+
+
 def test_sampling_is_the_same_in_another_process():
     """Ray workers and resumed trials are other processes: windows, crops and stand-ins must not
     depend on Python's per-process string hashing."""

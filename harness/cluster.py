@@ -86,6 +86,7 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
                     "starts its own)") if address == "auto" else ""
             raise StudyError(f"{named}: {str(error).split('. ')[0]}{hint}") from None
     else:
+        others = _raylets_running()
         # The dashboard must run: without it Train-inside-Tune leaks placement groups (notes/ray.md).
         # address="local": always a new instance, never a cluster that happens to run here.
         context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
@@ -96,7 +97,25 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     if url and not address and os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
         # Ray turned on token authentication for the new cluster: the dashboard asks for it.
         print(f"  the dashboard asks for Ray's token: {TOKEN_COMMAND} prints it", flush=True)
+    if not address and others:  # each local Ray schedules onto every CPU, unaware of the other
+        print(f"  another Ray already runs on this machine ({others} raylet process{'es' * (others > 1)}): its "
+              f"work and this study's share the {os.cpu_count()} CPUs and run slower (clips/s and times "
+              f"too); to queue the trials of every study on one Ray instead: `ray start --head`, then "
+              f"`harness run ... --address auto`", flush=True)
     return bool(address)
+
+
+def _raylets_running() -> int:
+    """Ray's per-node daemons running on this machine (Linux's /proc; elsewhere 0)."""
+    count = 0
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if entry.name.isdigit():
+            try:
+                with open(f"{entry.path}/comm") as name:
+                    count += name.read().strip() == "raylet"
+            except OSError:  # it ended
+                pass
+    return count
 
 
 def remove_leaked_placement_groups() -> int:

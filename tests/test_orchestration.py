@@ -130,9 +130,10 @@ def test_train_poll_interval_reaches_the_trial_processes(cluster, user_value):
     assert f"VALUE {user_value or '0.5'}" in done.stdout
 
 
-def test_a_local_ray_prints_how_to_get_the_token_its_dashboard_asks_for():
+def test_a_local_ray_prints_how_to_get_the_token_its_dashboard_asks_for(cluster):
     """Ray turns token authentication on for a new local cluster: the dashboard's API refuses a
-    browser without the token, and the command `harness run` names prints the one it accepts."""
+    browser without the token, and the command `harness run` names prints the one it accepts.
+    With another Ray on the machine (the 2-node cluster's raylets), it says they share the CPUs."""
     script = ("import contextlib, io, re, subprocess, urllib.request\nfrom harness.cluster import start_ray\n"
               "with contextlib.redirect_stdout(io.StringIO()) as said:\n"
               "    start_ray(None)\n"
@@ -150,6 +151,8 @@ def test_a_local_ray_prints_how_to_get_the_token_its_dashboard_asks_for():
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "the dashboard asks for Ray's token: `ray get-auth-token` prints it" in done.stdout
+    assert ("another Ray already runs on this machine (2 raylet processes): its work and this study's share the "
+            f"{os.cpu_count()} CPUs") in done.stdout
     assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("STATUS")] == ["401", "200"]
 
 

@@ -47,7 +47,9 @@ def holding(table: pd.DataFrame) -> str:
     """What a source holds, e.g. "13,320 clips of 101 classes (train 9,537, test 3,783)"."""
     splits = table["split"].value_counts()
     counts = ", ".join(f"{name} {splits[name]:,}" for name in SPLITS if name in splits)
-    return f"{len(table):,} clips of {table['label'].nunique()} classes ({counts})"
+    left_out = table.attrs.get("left_out")  # annotated clips whose video is not there (harness/layouts.py)
+    gone = f"; {left_out:,} annotated clip(s) without a video here left out" if left_out else ""
+    return f"{len(table):,} clips of {table['label'].nunique()} classes ({counts}){gone}"
 
 
 def read_problem(table: pd.DataFrame, read: DataRead, workers: int = 1) -> str | None:

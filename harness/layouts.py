@@ -5,7 +5,8 @@
   `labels/train.json`, `labels/validation.json` (records of `id` and `template`, whose
   `[something]` brackets are dropped to name the class, as the VideoMAE and MMAction2 converters
   do); the videos `<id>.webm` in `20bn-something-something-v2/` (or `videos/`, or DIR itself).
-  `test.json` has no labels and is not read.
+  `test.json` has no labels and is not read. 20BN's first release's names
+  (`something-something-v2-train.json`, ...) are read too.
 - `kinetics:DIR`, Kinetics-400/600/700 as the CVDF download (github.com/cvdfoundation/kinetics-dataset)
   unpacks: `annotations/{train,val,test}.csv` (`label,youtube_id,time_start,time_end,split`) and
   the videos `<split>/<youtube_id>_<start:06d>_<end:06d>.mp4` (found in sub-folders too, and by
@@ -26,34 +27,39 @@ import pandas as pd
 from .sources import COLUMNS, VIDEO_SUFFIXES, DataError
 
 SSV2_VIDEO_FOLDERS = ("20bn-something-something-v2", "videos", ".")
-SSV2_SPLITS = {"train.json": "train", "validation.json": "val"}
+SSV2_SPLITS = {"train": "train", "validation": "val"}
 KINETICS_SPLITS = {"train.csv": "train", "val.csv": "val", "test.csv": "test"}
 KINETICS_REPLACEMENTS = Path("replacement") / "replacement_for_corrupted_k400"
 
 
 def ssv2_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:
     labels_dir = root / "labels" if (root / "labels").is_dir() else root
-    class_file = labels_dir / "labels.json"
-    if not class_file.is_file():
+    class_file = _ssv2_file(labels_dir, "labels")
+    if class_file is None:
         raise DataError(f"ssv2:{root}: no labels/labels.json (the template -> class table of the SSV2 download)")
     classes = {template: int(number) for template, number in _json(class_file).items()}
     if videos is None:
         videos = next((root / f for f in SSV2_VIDEO_FOLDERS if (root / f).is_dir() and any((root / f).glob("*.webm"))),
                       root / SSV2_VIDEO_FOLDERS[0])
     rows = []
-    for name, split_name in SSV2_SPLITS.items():
-        if not (labels_dir / name).is_file():
-            continue
-        for number, record in enumerate(_json(labels_dir / name), start=1):
-            try:
-                template = record["template"].replace("[", "").replace("]", "")
-                rows.append((str(videos / f"{record['id']}.webm"), classes[template], split_name))
-            except KeyError as missing:
-                raise DataError(f"{labels_dir / name} record {number}: no class for {missing} "
-                                f"in {class_file}") from None
+    for role, split_name in SSV2_SPLITS.items():
+        records = _ssv2_file(labels_dir, role)
+        for number, record in enumerate(_json(records) if records else [], start=1):
+            if "id" not in record or "template" not in record:
+                raise DataError(f"{records} record {number}: no id or template")
+            template = record["template"].replace("[", "").replace("]", "")
+            if template not in classes:
+                raise DataError(f"{records} record {number}: no class for {template!r} in {class_file}")
+            rows.append((str(videos / f"{record['id']}.webm"), classes[template], split_name))
     if not rows:
         raise DataError(f"ssv2:{root}: neither labels/train.json nor labels/validation.json is there")
     return _present(pd.DataFrame(rows, columns=COLUMNS), f"ssv2:{root}", videos)
+
+
+def _ssv2_file(labels_dir: Path, role: str) -> Path | None:
+    """labels/<role>.json as Qualcomm ships it, or 20BN's first release's name for it."""
+    names = (f"{role}.json", f"something-something-v2-{role}.json")
+    return next((labels_dir / name for name in names if (labels_dir / name).is_file()), None)
 
 
 def kinetics_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:

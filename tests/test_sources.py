@@ -270,6 +270,13 @@ def test_something_something_v2_as_its_download_unpacks(tmp_path):
     (labels / "validation.json").write_text(json.dumps([record("21", "Spinning [something]")]))
     with pytest.raises(DataError, match=r"validation.json record 1: no class for 'Spinning something' in .*labels.json$"):
         resolve_source(f"ssv2:{tmp_path}")
+    (labels / "validation.json").write_text(json.dumps([{"id": "21", "label": "spinning a mug"}]))
+    with pytest.raises(DataError, match=r"validation.json record 1: no id or template$"):
+        resolve_source(f"ssv2:{tmp_path}")
+    for role in ("labels", "train", "validation"):  # 20BN's first release named them so
+        (labels / f"{role}.json").rename(labels / f"something-something-v2-{role}.json")
+    (labels / "something-something-v2-validation.json").write_text(json.dumps([record("21", "Pushing [something] from right to left")]))
+    assert len(resolve_source(f"ssv2:{tmp_path}?root={tmp_path / 'elsewhere'}")) == 4
 
 
 def test_kinetics_as_the_cvdf_download_unpacks(tmp_path):

@@ -194,6 +194,35 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .prepare import holding, inspect_source
+    from .sources import COLUMNS, absolute_source, resolve_source
+
+    if args.decode < 0:
+        raise StudyError(f"data check: --decode: must be 0 or more, not {args.decode}")
+    if args.manifest and Path(args.manifest).suffix.lower() not in (".csv", ".parquet"):
+        raise StudyError(f"data check: --manifest {args.manifest}: must be a .csv or .parquet file")
+    source = absolute_source(args.source, Path.cwd())
+    try:
+        table = resolve_source(source, progress=_progress)
+    except DataError as error:  # named once: most messages name the source already
+        named = source.split("?")[0] in str(error)
+        raise DataError(f"data check{'' if named else ' ' + args.source}: {error}") from None
+    print(f"{source}: {holding(table)}", flush=True)
+    import decord  # FFmpeg's own lines on a bad file would repeat the reason printed for it
+    decord.logging.set_level(decord.logging.QUIET)
+    lines, readable = inspect_source(table, args.decode)
+    for line in lines:
+        print(line, flush=True)
+    if args.manifest:
+        if args.manifest.lower().endswith(".csv"):
+            table[COLUMNS].to_csv(args.manifest, index=False)
+        else:
+            table[COLUMNS].to_parquet(args.manifest, index=False)
+        print(f"wrote {args.manifest}: read it with manifest:{Path(args.manifest).absolute()}")
+    return 0 if readable else 1
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="harness", description="VideoMAE ablation harness on Ray.")
     commands = main.add_subparsers(dest="command", required=True)
@@ -249,6 +278,14 @@ def parser() -> argparse.ArgumentParser:
                        help="range of the labelled motion's extent (default 0.6 1.0)")
     synth.add_argument("--camera", type=float, default=0.5, help="background pan, px/frame (default 0.5)")
     synth.set_defaults(handler=_synth)
+    check = data.add_parser("check", help="read a data source as a study would: its clips, classes and splits, "
+                                          "missing files, and a sample of clips decoded")
+    check.add_argument("source", help="e.g. kinetics:/data/k400, ssv2:/data/ssv2, folder:/data/ucf101, list:FILE")
+    check.add_argument("--decode", type=int, default=20,
+                       help="clips to open and decode, a seeded random sample (default 20; 0: none)")
+    check.add_argument("--manifest", default=None, metavar="FILE",
+                       help="also write its manifest (path, label, split) to a .csv or .parquet file")
+    check.set_defaults(handler=_check)
     return main
 
 

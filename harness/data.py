@@ -161,6 +161,13 @@ def decode(path: str, indices_for: Callable[[int], list[list[int]]]) -> tuple[np
     return frames, [[row[i] for i in view] for view in views], length
 
 
+def probe(path: str) -> tuple[int, int, int, float]:
+    """(frames, height, width, fps) of a video whose first, middle and last frames decode (a
+    truncated file fails at its end). Raises BadVideo."""
+    frames, _, length = decode(path, lambda count: [[0, count // 2, count - 1]])
+    return length, frames.shape[1], frames.shape[2], decord.VideoReader(path, num_threads=1).get_avg_fps()
+
+
 def _open_reason(path: str, error: Exception) -> str:
     if not os.path.exists(path):
         return "file is missing"

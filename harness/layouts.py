@@ -72,8 +72,9 @@ def kinetics_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:
         needed = {"youtube_id", "time_start", "time_end"} - set(table.columns)
         if needed:
             raise DataError(f"{path} lacks column(s) {sorted(needed)}; expected label,youtube_id,time_start,time_end")
-        if "label" in table:  # Kinetics-700's test.csv has none
-            tables.append(table.dropna(subset=["label"]).assign(split=KINETICS_SPLITS[name]))
+        if "label" in table:  # Kinetics-700's test.csv has none; a row missing a field names no clip
+            complete = table.dropna(subset=["label", "youtube_id", "time_start", "time_end"])
+            tables.append(complete.assign(split=KINETICS_SPLITS[name]))
     if not tables:
         raise DataError(f"kinetics:{root}: no annotations/*.csv has a label column")
     table = pd.concat(tables, ignore_index=True)

@@ -3,6 +3,7 @@ stages read, so that a problem stops `harness run` with one line instead of fail
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -50,6 +51,37 @@ def holding(table: pd.DataFrame) -> str:
     left_out = table.attrs.get("left_out")  # annotated clips whose video is not there (harness/layouts.py)
     gone = f"; {left_out:,} annotated clip(s) without a video here left out" if left_out else ""
     return f"{len(table):,} clips of {table['label'].nunique()} classes ({counts}){gone}"
+
+
+def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5) -> tuple[list[str], bool]:
+    """Lines on whether a manifest's files can be read, and whether all can: the files missing,
+    and a seeded random sample of `decode_count` clips opened and decoded (their sizes, lengths
+    and frame rates, and each bad one with its reason)."""
+    from .data import BadVideo, probe  # torch and decord: not for the driver's other commands
+
+    lines = []
+    missing = [path for path in table["path"] if not Path(path).is_file()]
+    if missing:
+        lines.append(f"  missing: {len(missing):,} of {len(table):,} files, e.g. {', '.join(missing[:show])}")
+    present = table[~table["path"].isin(set(missing))]
+    sample = present.sample(n=min(decode_count, len(present)), random_state=0)["path"] if decode_count else []
+    probes, bad = [], []
+    for path in sample:
+        try:
+            probes.append(probe(path))
+        except BadVideo as error:
+            bad.append(f"  bad: {path}: {error}")
+    if probes:
+        lengths, heights, widths, rates = zip(*probes)
+        by_area = sorted(zip(widths, heights), key=lambda size: size[0] * size[1])
+        smallest, largest = (f"{width}x{height}" for width, height in (by_area[0], by_area[-1]))
+        lines.append(f"  decoded {len(probes)} of {len(sample)} sampled clips: {_range(smallest, largest)} px, "
+                     f"{_range(min(lengths), max(lengths))} frames, {_range(f'{min(rates):.3g}', f'{max(rates):.3g}')} fps")
+    return lines + bad, not missing and not bad
+
+
+def _range(low: object, high: object) -> str:
+    return str(low) if low == high else f"{low} to {high}"
 
 
 def read_problem(table: pd.DataFrame, read: DataRead, workers: int = 1) -> str | None:

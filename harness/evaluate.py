@@ -12,19 +12,16 @@ import torch.nn.functional as F
 from models import VideoEncoder, temporal_features
 
 from .data import ClipDataset, decode_cache_mb
-from .pretrain import CHECKPOINT_FILE, autocast, build_pretrain_model, resolved_precision, skipped_files
+from .pretrain import CHECKPOINT_FILE, autocast, resolved_precision, skipped_files, starting_model
 from .session import Session, all_gather, checkpoint_folder, keep_freed_memory, machine
 from .sources import DataError, check_files, resolve_source, split, stratified_subset
 from .study import Experiment
 
 
 def load_encoder(experiment: Experiment, seed: int, checkpoint: str | Path | None) -> VideoEncoder:
-    """The pre-trained encoder from a checkpoint directory, or the seed's initial one (scratch)."""
-    model = build_pretrain_model(experiment, seed)
-    if checkpoint:
-        state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-    return model.encoder
+    """The pre-trained encoder from a checkpoint directory, or `pretrain.init`'s, or the seed's
+    initial one (scratch)."""
+    return starting_model(experiment, seed, checkpoint).encoder
 
 
 @torch.no_grad()

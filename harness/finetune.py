@@ -15,19 +15,17 @@ from models import VideoClassifier, layer_decay_groups
 
 from .data import ClipDataset
 from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final
-from .pretrain import (CHECKPOINT_FILE, autocast, build_pretrain_model, grad_scaler, lr_at, optimizer_step,
-                       scaler_state, skipped_files)
+from .pretrain import (CHECKPOINT_FILE, autocast, grad_scaler, lr_at, optimizer_step, scaler_state, skipped_files,
+                       starting_model)
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder
 from .study import Experiment
 
 
 def build_classifier(experiment: Experiment, seed: int, checkpoint: str | Path | None,
                      num_classes: int) -> VideoClassifier:
-    """Classifier whose encoder is the pre-trained one (checkpoint) or the seed's initial one."""
-    pretrained = build_pretrain_model(experiment, seed)
-    if checkpoint:
-        state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        pretrained.load_state_dict(state["model"])
+    """Classifier whose encoder is the pre-trained one (checkpoint), `pretrain.init`'s, or the
+    seed's initial one."""
+    pretrained = starting_model(experiment, seed, checkpoint)
     torch.manual_seed(seed)  # the head's init: the same for pre-trained and scratch
     return VideoClassifier.from_pretrained(pretrained, num_classes, drop_path=experiment.evaluate.finetune.drop_path)
 

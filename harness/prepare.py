@@ -9,7 +9,7 @@ import pandas as pd
 
 from .sources import SPLITS, DataError, check_files, resolve_source, split, stratified_subset
 from .study import Study
-from .study_file import DataRead, data_sources
+from .study_file import DataRead, data_sources, weight_files
 
 
 def prepare_data(study: Study, where: str = "") -> None:
@@ -21,8 +21,8 @@ def prepare_data(study: Study, where: str = "") -> None:
     tables: dict[tuple, pd.DataFrame] = {}
     clips_read: list[tuple[DataRead, set[str]]] = []
     for read in data_sources(study):
-        if read.stage == "pretrain" and read.experiment.pretrain.method == "scratch":
-            continue  # a scratch trial reads no pre-training data
+        if read.stage == "pretrain" and not read.experiment.pretrain.trains:
+            continue  # a scratch (or pretrained) trial reads no pre-training data
         synth = read.experiment.synth_params() if read.source.startswith("synth:") else None
 
         def progress(finished: int, total: int, name: str = read.source) -> None:
@@ -42,6 +42,23 @@ def prepare_data(study: Study, where: str = "") -> None:
         clips_read.append((read, clips_of(tables[key], read)))
     for note in scored_clips_pretrained_on(clips_read, study.sweep.method == "optuna"):
         print(f"note: {where}{note}", file=sys.stderr, flush=True)
+
+
+def check_weights(study: Study, where: str = "") -> None:
+    """Load each `pretrain.init` into the model of the trials that start from it, before any
+    starts: a checkpoint of another preset would fail every one of them, after its retries."""
+    reads = weight_files(study)
+    if not reads:
+        return
+    from .pretrain import build_pretrain_model  # torch: imported only for a study that names weights
+    from .weights import load_init
+
+    for read in reads:
+        try:
+            load_init(build_pretrain_model(read.experiment, seed=0), read.path)
+        except ValueError as error:
+            raise DataError(f"{where}{read.field}: {str(error).removeprefix('pretrain.init: ')}") from None
+        print(f"  {read.path}: loads into the {read.experiment.model.preset} model", flush=True)
 
 
 def holding(table: pd.DataFrame) -> str:

@@ -17,6 +17,7 @@ from .data import ClipDataset, decode_cache_mb
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder, keep_freed_memory
 from .sources import check_files, resolve_source, split, stratified_subset
 from .study import Experiment, PretrainSpec
+from .weights import load_init
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -94,6 +95,18 @@ def build_pretrain_model(experiment: Experiment, seed: int) -> VideoMAE:
     return VideoMAE(experiment.model.build(), loss=experiment.pretrain.loss)
 
 
+def starting_model(experiment: Experiment, seed: int, checkpoint: str | Path | None) -> VideoMAE:
+    """The model an evaluation starts from: a pre-training checkpoint's weights, else those of
+    `pretrain.init` (pretrain.method: pretrained), else the seed's initialisation (scratch)."""
+    model = build_pretrain_model(experiment, seed)
+    if checkpoint:
+        state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+    elif experiment.pretrain.init:
+        load_init(model, experiment.pretrain.init)
+    return model
+
+
 def pretrain_optimizer(model: VideoMAE, spec: PretrainSpec) -> torch.optim.AdamW:
     """AdamW as the VideoMAE code builds it: weight decay on the weight matrices only (not on
     biases, norms or the mask token); fused: one pass over the parameters, not ~10 foreach ops."""
@@ -143,6 +156,8 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
         model.load_state_dict(state["model"])
         start_epoch, history = state["epoch"], state["history"]
         skipped = state.get("skipped", {})
+    elif spec.init:  # pre-training further from given weights (e.g. released ones) on this data
+        load_init(model, spec.init)
     resumed_from = start_epoch
     model = session.prepare_model(model)
     core = getattr(model, "module", model)

@@ -131,11 +131,12 @@ def trial_row(study: Study, trial_id: str, config: dict, result: dict) -> dict[s
 
 def swept_columns(study: Study, config: dict) -> dict[str, Any]:
     """Every swept path's value in this trial, as it ran (a point that does not set a path gets
-    the study's value). A scratch trial has no pre-training: its other pretrain.* are None."""
+    the study's value). A trial without pre-training (scratch, pretrained) has its other
+    pretrain.* None, but for the weights it starts from."""
     experiment = study.experiment(sweep_point(config))
     settings = experiment.model_dump()
-    scratch = experiment.pretrain.method == "scratch"
-    return {name: None if scratch and name.startswith("pretrain.") and name != "pretrain.method"
+    untrained = not experiment.pretrain.trains
+    return {name: None if untrained and name.startswith("pretrain.") and name not in ("pretrain.method", "pretrain.init")
             else get_path(settings, name) for name in study.sweep.swept_names()}
 
 
@@ -146,8 +147,8 @@ def trial_phase(last: dict[str, Any], experiment: Experiment) -> str:
     if last.get("stage") == "eval":  # the evaluation's result (a diverged fine-tuning's too): writing the row
         return "finishing"
     if "total_epochs" not in last:
-        scratch_probe = experiment.pretrain.method == "scratch" and protocol != "finetune"
-        return f"evaluating ({protocol})" if scratch_probe else "starting"
+        probe_only = not experiment.pretrain.trains and protocol != "finetune"
+        return f"evaluating ({protocol})" if probe_only else "starting"
     stage, epoch, total = last["stage"], last["epoch"], last["total_epochs"]
     if epoch < total:
         return f"{stage} epoch {epoch}/{total}"

@@ -75,7 +75,12 @@ class DecoderMaskSpec(Strict):
 
 
 class PretrainSpec(Strict):
-    method: Literal["videomae", "scratch"] = "videomae"  # scratch: no pre-training (baseline)
+    # videomae: pre-train here (from `init` if set); scratch: no pre-training, the seed's random
+    # weights (the baseline); pretrained: no pre-training here, `init`'s weights as they are
+    method: Literal["videomae", "scratch", "pretrained"] = "videomae"
+    # A pre-training checkpoint to start from: the official VideoMAE code's (e.g. its released
+    # ViT-B K400 weights) or this harness's checkpoint.pt; relative to the study file
+    init: str | None = None
     source: str = "synth:motion"
     clips: int | None = Field(None, ge=1)  # None: the whole train split
     stride: int = Field(1, ge=1)           # temporal stride between sampled frames
@@ -100,6 +105,20 @@ class PretrainSpec(Strict):
         if value not in LOSS_NAMES:
             raise ValueError(f"unknown loss {value!r}; choose from {list(LOSS_NAMES)}")
         return value
+
+    @model_validator(mode="after")
+    def _init_as_the_method_needs(self) -> "PretrainSpec":
+        if self.method == "pretrained" and not self.init:
+            raise ValueError("method pretrained evaluates the weights in init: set pretrain.init to a checkpoint")
+        if self.method == "scratch" and self.init:
+            raise ValueError("method scratch starts from random weights: leave out init (pretrain.init: null on a "
+                             "sweep point), or use method pretrained")
+        return self
+
+    @property
+    def trains(self) -> bool:
+        """Whether the trial has a pre-training stage (scratch and pretrained have none)."""
+        return self.method == "videomae"
 
 
 class FinetuneSpec(Strict):

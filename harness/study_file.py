@@ -7,6 +7,7 @@ A study's top-level values are its `cpu` scale; `scales.<name>` holds dotted-pat
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -87,6 +88,9 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
         raise StudyError(first_error(error, f"{path}: ")) from None
     _check_sweep(study, path)
     _check_batches(study, path)
+    for read in weight_files(study):
+        if check_paths and not Path(read.path).is_file():
+            raise StudyError(f"{path}: {read.field}: weights file {read.path} does not exist")
     for read in data_sources(study):
         problem = check_source(read.source, check_paths)
         if problem:
@@ -95,19 +99,23 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
 
 
 def _absolute_sources(raw: dict, base: Path) -> None:
-    """Data paths in the study file, wherever a source is named, made absolute from the file's folder."""
-    def fix(value: Any) -> Any:
-        return absolute_source(value, base) if isinstance(value, str) else value
-    for stage in ("pretrain", "evaluate"):
-        if isinstance(raw.get(stage), dict) and "source" in raw[stage]:
-            raw[stage]["source"] = fix(raw[stage]["source"])
+    """Data paths and `pretrain.init` in the study file, wherever they are named, made absolute
+    from the file's folder."""
+    def fix(value: Any, name: str) -> Any:
+        if not isinstance(value, str):
+            return value
+        return absolute_source(value, base) if name == "source" else os.path.normpath(base / Path(value).expanduser())
+    for stage, name in (("pretrain", "source"), ("evaluate", "source"), ("pretrain", "init")):
+        if isinstance(raw.get(stage), dict) and name in raw[stage]:
+            raw[stage][name] = fix(raw[stage][name], name)
     sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
     parameters = sweep.get("parameters") if isinstance(sweep.get("parameters"), dict) else {}
     points = sweep.get("points") if isinstance(sweep.get("points"), list) else []
     for mapping in [parameters, *[point for point in points if isinstance(point, dict)]]:
-        for name, value in mapping.items():
-            if isinstance(name, str) and name.endswith(".source"):
-                mapping[name] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
+        for path, value in mapping.items():
+            name = path.rpartition(".")[2] if isinstance(path, str) else ""
+            if path in ("pretrain.source", "evaluate.source", "pretrain.init"):
+                mapping[path] = [fix(v, name) for v in value] if isinstance(value, list) else fix(value, name)
 
 
 def _check_sweep(study: Study, path: Path) -> None:
@@ -164,6 +172,26 @@ def _where(sweep: SweepSpec, name: str, point: dict[str, Any]) -> str:
     if name in sweep.parameters:
         return f"sweep.parameters.{name}"
     return f"sweep.points: {name}" if name in point else name
+
+
+class WeightsRead(NamedTuple):
+    """Trials starting from a `pretrain.init` file, with the model it must load into."""
+    field: str             # where the study file names it
+    path: str
+    experiment: Experiment
+
+
+def weight_files(study: Study) -> list[WeightsRead]:
+    """Each `pretrain.init` the study's trials start from, once per model it loads into."""
+    sweep, found = study.sweep, {}
+    points = sweep.grid_points() if sweep.method == "grid" else [{}] + [
+        {"pretrain.init": value} for value in sweep.parameters.get("pretrain.init", []) if isinstance(value, str)]
+    for point in points:
+        experiment = study.experiment(point)
+        if experiment.pretrain.init:
+            key = (experiment.pretrain.init, experiment.model.model_dump_json())
+            found.setdefault(key, WeightsRead(_where(sweep, "pretrain.init", point), experiment.pretrain.init, experiment))
+    return list(found.values())
 
 
 def data_sources(study: Study) -> list[DataRead]:

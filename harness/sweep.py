@@ -18,7 +18,7 @@ from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from .cluster import check_address, remove_leaked_placement_groups, start_ray
-from .prepare import prepare_data
+from .prepare import check_weights, prepare_data
 from .recorder import TrialRecorder, reconcile
 from .results import (EXPERIMENTS_FILE, STUDY_FILE, TRIALS_FILE, added_seeds, check_storage, recorded_count,
                       recorded_trials, remove_partial_writes, run_lock, set_aside, settings_changed,
@@ -149,6 +149,7 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
                          f"settings ({', '.join(changed[:4])}{more}): --restart moves it aside and starts "
                          f"over; --runs DIR runs this one elsewhere")
     prepare_data(study, where)
+    check_weights(study, where)
     if start_ray(address, verbose):  # a local Ray ends with its driver, and leaves nothing behind
         remove_leaked_placement_groups()
     # A job scheduler's stop (SIGTERM: Slurm, Kubernetes, `timeout`) ends the run as Ctrl+C does, so Tune

@@ -116,7 +116,7 @@ def shares_pretraining(study: Study, points: list[dict[str, Any]]) -> bool:
     if study.sweep.method == "optuna":
         return True
     experiments = [(study.experiment(sweep_point(point)), point["seed"]) for point in points]
-    keys = [pretrain_key(e, seed) for e, seed in experiments if e.pretrain.method == "videomae"]
+    keys = [pretrain_key(e, seed) for e, seed in experiments if e.pretrain.trains]
     return len(keys) != len(set(keys))
 
 
@@ -200,7 +200,7 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
                                "pretrain_time_s": 0.0, "pretrain_epochs": [], "peak_rss_mb": None,
                                "resumed_from_epoch": None}
     checkpoint, skipped = None, set()
-    if experiment.pretrain.method == "videomae":
+    if experiment.pretrain.trains:
         checkpoint, metrics, shared_from = pretrained(experiment, seed, trial_id, study_obj, storage, loop_config,
                                                       shared)
         skipped.update(metrics.get("skipped_files", []))

@@ -268,3 +268,31 @@ def test_a_checkpoint_interval_reaches_the_stages(tmp_path):
     assert json.loads(record.read_text()) == {"index": 1, "checkpoint": "checkpoint_000001"}
     trials = pd.read_parquet(tmp_path / "runs" / "interval" / "trials.parquet")
     assert list(trials["status"]) == ["ok"] and trials["pretrain_loss_curve"].map(len).tolist() == [3]
+
+
+def test_a_study_evaluates_given_weights_as_they_are_against_scratch(tmp_path):
+    """pretrain.method pretrained with pretrain.init (released weights; here another run's
+    checkpoint, named relative to the study file): no pre-training stage, the evaluation on those
+    weights, a row that names them. Weights of another model stop the run before any trial."""
+    from conftest import MICRO
+    from harness.pretrain import pretrain
+    from harness.session import Session
+    from harness.study import Experiment
+
+    pretrain(Experiment.model_validate({k: MICRO[k] for k in ("model", "synth", "pretrain")}), 0, Session(tmp_path / "given"))
+    study = write_study(tmp_path, "given", seeds=[0], sweep={"points": [
+        {"pretrain.method": "pretrained", "pretrain.init": "given/latest/checkpoint.pt"}, {"pretrain.method": "scratch"}]})
+    done = harness("run", str(study), "--runs", "runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    weights = str(tmp_path / "given" / "latest" / "checkpoint.pt")
+    assert f"  {weights}: loads into the tiny model" in done.stdout and "pretrain epoch" not in done.stdout
+    trials = pd.read_parquet(tmp_path / "runs" / "given" / "trials.parquet").set_index("pretrain.method")
+    assert trials.loc["pretrained", "pretrain.init"] == weights and trials.loc["pretrained", "status"] == "ok"
+    assert trials["pretrain_loss"].isna().all() and trials["eval_top1"].between(0, 1).all()
+    deeper = write_study(tmp_path, "deeper", model={"preset": "tiny", "overrides": {"depth": 3}},
+                         pretrain={"method": "pretrained", "init": "given/latest/checkpoint.pt"})
+    refused = harness("run", str(deeper), "--runs", "runs", cwd=tmp_path)
+    assert refused.returncode == 2 and "Ray" not in refused.stdout
+    assert refused.stderr.strip() == (f"harness: {deeper}: pretrain.init: {weights}: has no encoder.blocks.2.norm1.weight "
+                                      "(12 missing, 0 unknown): a fine-tuned checkpoint, or another model? It must be "
+                                      "a pre-training checkpoint of the study's model")

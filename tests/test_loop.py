@@ -287,3 +287,57 @@ def test_a_checkpoint_folder_left_by_a_killed_process_is_removed_by_the_next(tmp
         assert mine.is_relative_to(tmp_path) and not list(mine.iterdir())
         assert not left.parent.exists()  # the killed process's folder, checkpoint and all
     assert not mine.exists()
+
+
+def test_pretrain_init_starts_from_given_weights_in_the_official_layout_or_this_harness(tmp_path):
+    """pretrain.init: a checkpoint of this harness, or one in the official VideoMAE code's layout
+    (q/v biases, the `args` it saves), is what `pretrained` evaluates and what `videomae` pre-trains
+    further from; one of another model, or no checkpoint at all, is refused naming the weight."""
+    import argparse
+
+    from harness.evaluate import load_encoder
+    from harness.weights import load_init
+
+    pretrain(Experiment.model_validate(TINY), seed=0, session=Session(tmp_path / "given"))
+    ours = tmp_path / "given" / "latest" / "checkpoint.pt"
+    weights = torch.load(ours, weights_only=True)["model"]
+    official = {}
+    for name, value in weights.items():
+        if name.endswith("attn.qkv.bias"):  # the official code keeps q and v biases, and no k bias
+            third = value.shape[0] // 3
+            official[name.replace("qkv.bias", "q_bias")], official[name.replace("qkv.bias", "v_bias")] = \
+                value[:third], value[2 * third:]
+        else:
+            official[name] = value
+    torch.save({"model": official, "epoch": 799, "args": argparse.Namespace(model="pretrain_videomae_tiny")},
+               tmp_path / "official.pth")
+    for init in (ours, tmp_path / "official.pth"):
+        experiment = Experiment.model_validate({**TINY, "pretrain": {"method": "pretrained", "init": str(init)}})
+        encoder = load_encoder(experiment, seed=1, checkpoint=None)  # another seed: the weights are init's
+        for name, value in encoder.state_dict().items():
+            expected = weights[f"encoder.{name}"].clone()
+            if name.endswith("qkv.bias") and init != ours:  # a k bias changes no output; the official code has none
+                expected[len(expected) // 3: 2 * len(expected) // 3] = 0
+            torch.testing.assert_close(value, expected, rtol=0, atol=0)
+    # Pre-training further starts from them (at an lr of 1e-12 they are where it ends, too)
+    further = Experiment.model_validate({**TINY, "pretrain": {"epochs": 1, "batch_size": 16, "lr": 1e-12, "min_lr": 0, "warmup_epochs": 0,
+                                                              "weight_decay": 0, "init": str(tmp_path / "official.pth")}})
+    pretrain(further, seed=1, session=Session(tmp_path / "further"))
+    ended = torch.load(tmp_path / "further" / "latest" / "checkpoint.pt", weights_only=True)["model"]
+    for name, value in weights.items():
+        third = len(value) // 3
+        for part in [slice(0, third), slice(2 * third, None)] if name.endswith("qkv.bias") else [slice(None)]:
+            torch.testing.assert_close(ended[name][part], value[part], rtol=0, atol=1e-6)
+    # An encoder alone loads (the decoder keeps its initialisation); another model does not
+    torch.save({"model": {k: v for k, v in official.items() if k.startswith("encoder.")}}, tmp_path / "encoder.pth")
+    load_init(build_pretrain_model(Experiment.model_validate(TINY), seed=0), str(tmp_path / "encoder.pth"))
+    deeper = Experiment.model_validate({**TINY, "model": {"preset": "tiny", "overrides": {"depth": 5}}})
+    with pytest.raises(ValueError, match=r"official.pth: has no encoder.blocks.4.norm1.weight \(12 missing, 0 unknown\)"):
+        load_init(build_pretrain_model(deeper, seed=0), str(tmp_path / "official.pth"))
+    wider = Experiment.model_validate({**TINY, "model": {"preset": "small"}})
+    with pytest.raises(ValueError, match=r"official.pth: encoder.patch_embed.proj.weight is \[192, 3, 2, 8, 8\] there, "
+                                         r"\[384, 3, 2, 16, 16\] in the study's model"):
+        load_init(build_pretrain_model(wider, seed=0), str(tmp_path / "official.pth"))
+    (tmp_path / "notes.pth").write_text("not weights")
+    with pytest.raises(ValueError, match=r"notes.pth: not a checkpoint this harness reads"):
+        load_init(build_pretrain_model(Experiment.model_validate(TINY), seed=0), str(tmp_path / "notes.pth"))

@@ -216,7 +216,7 @@ def _check(args: argparse.Namespace) -> int:
     print(f"{source}: {holding(table)}", flush=True)
     import decord  # FFmpeg's own lines on a bad file would repeat the reason printed for it
     decord.logging.set_level(decord.logging.QUIET)
-    lines, readable = inspect_source(table, args.decode)
+    lines, readable = inspect_source(table, args.decode, progress=_progress if args.decode >= 100 else None)
     for line in lines:
         print(line, flush=True)
     if args.manifest:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -70,7 +71,8 @@ def holding(table: pd.DataFrame) -> str:
     return f"{len(table):,} clips of {table['label'].nunique()} classes ({counts}){gone}"
 
 
-def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5) -> tuple[list[str], bool]:
+def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[list[str], bool]:
     """Lines on whether a manifest's files can be read, and whether all can: the files missing,
     and a seeded random sample of `decode_count` clips opened and decoded (their sizes, lengths
     and frame rates, and each bad one with its reason)."""
@@ -83,11 +85,13 @@ def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5) -> tup
     present = table[~table["path"].isin(set(missing))]
     sample = present.sample(n=min(decode_count, len(present)), random_state=0)["path"] if decode_count else []
     probes, bad = [], []
-    for path in sample:
+    for done, path in enumerate(sample, start=1):
         try:
             probes.append(probe(path))
         except BadVideo as error:
             bad.append(f"  bad: {path}: {error}")
+        if progress:
+            progress(done, len(sample))
     if probes:
         lengths, heights, widths, rates = zip(*probes)
         by_area = sorted(zip(widths, heights), key=lambda size: size[0] * size[1])

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.data import ClipDataset, ClipLoader  # noqa: E402
+from harness.data import ClipDataset  # noqa: E402
+from harness.loader import ClipLoader  # noqa: E402
 from harness.synth import real_video_dir  # noqa: E402
 
 

@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from .data import ClipDataset, ClipLoader
+from .data import ClipDataset
+from .loader import ClipLoader
 
 
 class Session:

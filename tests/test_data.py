@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.cli import main
-from harness.data import (SCALES, ClipDataset, ClipLoader, collate_views, crop_resize, eval_boxes, fit_stride,
-                          multiscale_box, random_segments, random_window, segment_indices,
-                          spaced_windows)
+from harness.data import (SCALES, ClipDataset, crop_resize, eval_boxes, fit_stride, multiscale_box, random_segments,
+                          random_window, segment_indices, spaced_windows)
 from harness.evaluate import eval_dataset
+from harness.loader import ClipLoader, collate_views
 from harness.render import render_clip
 from harness.sources import DataError
 from harness.study import Experiment
@@ -279,7 +279,7 @@ def test_loader_processes_out_of_shared_memory_say_so_in_one_line(tmp_path):
     params = SynthParams(train_clips=8, val_clips=1, size=32)
     manifest = pd.read_csv(generate(params, tmp_path, workers=1))
     paths = [str(tmp_path / p) for p in manifest["path"][:8]]
-    script = ("import sys; from harness.data import ClipDataset, ClipLoader\n"
+    script = ("import sys; from harness.data import ClipDataset; from harness.loader import ClipLoader\n"
               f"dataset = ClipDataset({paths!r}, [0] * 8, num_frames=8, size=64, num_sample=2)\n"
               "try:\n    list(ClipLoader(dataset, 4, range(8), workers=1))\n"
               "except Exception as error:\n    sys.exit(f'{type(error).__name__}: {error}')\n")

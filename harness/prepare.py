@@ -79,6 +79,10 @@ def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
     from .data import BadVideo, probe  # torch and decord: not for the driver's other commands
 
     lines = []
+    classes = table["label"].nunique()
+    for name, rows in table.groupby("split", sort=False)["label"]:
+        if rows.nunique() < classes:  # e.g. a partial download: scores on it cannot reach every class
+            lines.append(f"  {name}: clips of {rows.nunique()} of the {classes} classes")
     missing = [path for path in table["path"] if not Path(path).is_file()]
     if missing:
         lines.append(f"  missing: {len(missing):,} of {len(table):,} files, e.g. {', '.join(missing[:show])}")

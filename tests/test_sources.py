@@ -339,6 +339,11 @@ def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capsys):
     (tmp_path / "list.txt").write_text("ucf/Run/a.mp4 0\nucf/Run/b.mp4 1\n")
     assert main(["data", "check", f"list:{tmp_path / 'list.txt'}", "--decode", "5"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "  decoded 2 of 2 sampled clips: 176x144 px, 120 frames, 30 fps"
+    (tmp_path / "lists").mkdir()
+    shutil.move(tmp_path / "list.txt", tmp_path / "lists" / "train.txt")
+    (tmp_path / "lists" / "val.txt").write_text("ucf/Run/b.mp4 1\n")  # a split without every class is noted
+    assert main(["data", "check", f"list:{tmp_path / 'lists'}?root={tmp_path}", "--decode", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["  val: clips of 1 of the 2 classes"]  # and no file missing or bad
     assert main(["data", "check", f"kinetics:{tmp_path / 'ucf'}"]) == 2
     assert capsys.readouterr().err == (f"harness: data check: kinetics:{tmp_path / 'ucf'}: "
                                        "no annotations/train.csv, val.csv or test.csv (the CVDF download's layout)\n")

@@ -81,7 +81,7 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
         except KeyError:
             raise StudyError(f"{path}: scales.{scale}.{key}: not a settable field") from None
     raw["scale"] = scale
-    _absolute_sources(raw, path.absolute().parent)
+    _absolute_paths(raw, path.absolute().parent)
     try:
         study = Study.model_validate(raw)
     except ValidationError as error:
@@ -98,7 +98,7 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     return study
 
 
-def _absolute_sources(raw: dict, base: Path) -> None:
+def _absolute_paths(raw: dict, base: Path) -> None:
     """Data paths and `pretrain.init` in the study file, wherever they are named, made absolute
     from the file's folder."""
     def fix(value: Any, name: str) -> Any:

@@ -286,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
     check = data.add_parser("check", help="read a data source as a study would: its clips, classes and splits, "
                                           "missing files, and a sample of clips decoded")
     check.add_argument("source", help="e.g. kinetics:/data/k400, ssv2:/data/ssv2, folder:/data/ucf101, list:FILE")
-    check.add_argument("--decode", type=int, default=20,
+    check.add_argument("--decode", type=int, default=20, metavar="N",
                        help="clips to open and decode, a seeded random sample (default 20; 0: none)")
     check.add_argument("--manifest", default=None, metavar="FILE",
                        help="also write its manifest (path, label, split) to a .csv or .parquet file")

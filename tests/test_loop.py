@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import official_layout
 from harness.evaluate import evaluate
 from harness.pretrain import autocast, build_pretrain_model, grad_scaler, optimizer_step, pretrain, pretrain_optimizer
-from models import make_mask
 from harness.session import Session, checkpoint_folder
 from harness.study import Experiment
+from models import make_mask
 
 TINY = {"synth": {"train_clips": 48, "val_clips": 24},
         "pretrain": {"epochs": 2, "batch_size": 16},
@@ -301,14 +302,7 @@ def test_pretrain_init_starts_from_given_weights_in_the_official_layout_or_this_
     pretrain(Experiment.model_validate(TINY), seed=0, session=Session(tmp_path / "given"))
     ours = tmp_path / "given" / "latest" / "checkpoint.pt"
     weights = torch.load(ours, weights_only=True)["model"]
-    official = {}
-    for name, value in weights.items():
-        if name.endswith("attn.qkv.bias"):  # the official code keeps q and v biases, and no k bias
-            third = value.shape[0] // 3
-            official[name.replace("qkv.bias", "q_bias")], official[name.replace("qkv.bias", "v_bias")] = \
-                value[:third], value[2 * third:]
-        else:
-            official[name] = value
+    official = official_layout(weights)
     torch.save({"model": official, "epoch": 799, "args": argparse.Namespace(model="pretrain_videomae_tiny")},
                tmp_path / "official.pth")
     for init in (ours, tmp_path / "official.pth"):

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import official_layout
 from models import PRESETS, config_to_transformers, convert_official, from_transformers, make_mask
 
 transformers = pytest.importorskip("transformers")
@@ -62,14 +63,7 @@ def test_official_layout_round_trip():
     torch.manual_seed(0)
     theirs = transformers.VideoMAEForPreTraining(hf_config("tiny", use_mean_pooling=False))
     ours = from_transformers(randomize_biases(theirs))
-    official = {}
-    for key, value in ours.state_dict().items():
-        if key.endswith("attn.qkv.bias"):
-            third = value.shape[0] // 3
-            official[key.replace("qkv.bias", "q_bias")] = value[:third]
-            official[key.replace("qkv.bias", "v_bias")] = value[2 * third:]
-        else:
-            official[key] = value
+    official = official_layout(ours.state_dict())
     reloaded = type(ours)(ours.config)
     reloaded.load_state_dict(convert_official({"model": official}))
     reloaded.decoder.norm.eps = ours.decoder.norm.eps

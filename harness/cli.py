@@ -58,8 +58,8 @@ def _run(args: argparse.Namespace) -> int:
               f"{_sources(reads, 'pretrain')}, evaluate ({study.evaluate.protocol}) on {_sources(reads, 'evaluate')}")
         for field, weights in dict.fromkeys((read.field, read.path) for read in weight_files(study)):
             print(f"  {field}: starts from {weights}")
-            if not Path(weights).is_file():
-                print(f"note: {field}: weights file {weights} does not exist on this machine; "
+            if not Path(weights).exists():
+                print(f"note: {field}: {weights} does not exist on this machine; "
                       "a run needs it on every node", file=sys.stderr)
         _note_missing_paths(reads)
         return 0

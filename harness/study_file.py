@@ -89,8 +89,8 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     _check_sweep(study, path)
     _check_batches(study, path)
     for read in weight_files(study):
-        if check_paths and not Path(read.path).is_file():
-            raise StudyError(f"{path}: {read.field}: weights file {read.path} does not exist")
+        if check_paths and not Path(read.path).exists():
+            raise StudyError(f"{path}: {read.field}: {read.path} does not exist")
     for read in data_sources(study):
         problem = check_source(read.source, check_paths)
         if problem:

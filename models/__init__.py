@@ -10,7 +10,7 @@ from typing import Any
 _SUBMODULE = {
     "VideoClassifier": "classifier", "layer_decay_groups": "classifier", "temporal_features": "classifier",
     "config_from_transformers": "convert", "config_to_transformers": "convert",
-    "convert_official": "convert", "from_transformers": "convert",
+    "convert_official": "convert", "convert_transformers": "convert", "from_transformers": "convert",
     "IMAGENET_MEAN": "losses", "IMAGENET_STD": "losses", "LOSSES": "losses", "normalize": "losses",
     "unnormalize": "losses", "unpatchify": "losses",
     "STRATEGIES": "choices", "LOSS_NAMES": "choices", "decoder_mask": "masking", "make_mask": "masking",

@@ -87,6 +87,29 @@ def _convert_hf_encoder(state: dict[str, torch.Tensor], prefix: str = "videomae.
     return out
 
 
+def _hf_bias_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Files saved by transformers < 5 (the Hub's VideoMAE releases) name the biases q_bias and
+    v_bias; transformers 5 renames them on loading to query.bias and value.bias, as here."""
+    renamed = {}
+    for key, value in state.items():
+        for old, new in ((".attention.q_bias", ".attention.query.bias"), (".attention.v_bias", ".attention.value.bias")):
+            key = key.replace(old, new) if key.endswith(old) else key
+        renamed[key] = value
+    return renamed
+
+
+def convert_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `VideoMAEForPreTraining` state dict (as saved by `save_pretrained`, any transformers
+    version) -> ours. The encoder and, where there, the decoder; other keys (a classifier's head)
+    pass unchanged, so a caller can tell a fine-tuned model from a pre-trained one."""
+    state = _hf_bias_names(state)
+    converted = _convert_hf_encoder(state)
+    converted.update(_convert_hf_blocks(state, "decoder.decoder_layers", "decoder.blocks"))
+    converted.update({key: value for key, value in state.items()
+                      if not key.startswith(("videomae.", "decoder.decoder_layers."))})
+    return converted
+
+
 def _copy_eps(target: nn.LayerNorm, source: nn.LayerNorm | None) -> None:
     if source is not None:
         target.eps = source.eps  # transformers keeps torch's 1e-5 on some norms; the reference uses 1e-6
@@ -101,11 +124,7 @@ def from_transformers(hf_model: nn.Module) -> VideoMAE | VideoClassifier:
     if kind == "VideoMAEForPreTraining":
         model = VideoMAE(config, loss="mse" if hf_model.config.norm_pix_loss else "mse_raw",
                          final_norm=hf_model.videomae.layernorm is not None)
-        converted = _convert_hf_encoder(state)
-        converted.update(_convert_hf_blocks(state, "decoder.decoder_layers", "decoder.blocks"))
-        for key in ("encoder_to_decoder.weight", "mask_token", "decoder.norm.weight", "decoder.norm.bias",
-                    "decoder.head.weight", "decoder.head.bias"):
-            converted[key] = state[key]
+        converted = convert_transformers(state)
         _copy_eps(model.decoder.norm, hf_model.decoder.norm)
     elif kind == "VideoMAEForVideoClassification":
         if hf_model.fc_norm is None:

@@ -326,7 +326,9 @@ def test_pretrain_init_starts_from_given_weights_in_the_official_layout_or_this_
     torch.save({"model": {k: v for k, v in official.items() if k.startswith("encoder.")}}, tmp_path / "encoder.pth")
     load_init(build_pretrain_model(Experiment.model_validate(TINY), seed=0), str(tmp_path / "encoder.pth"))
     deeper = Experiment.model_validate({**TINY, "model": {"preset": "tiny", "overrides": {"depth": 5}}})
-    with pytest.raises(ValueError, match=r"official.pth: has no encoder.blocks.4.norm1.weight \(12 missing, 0 unknown\)"):
+    with pytest.raises(ValueError, match=r"official.pth: has no encoder.blocks.4.norm1.weight; the checkpoint has an encoder "
+                                         r"192 wide, 4 blocks deep, on 2x8x8 cubes \(tiny\) and a decoder 96 wide, 2 blocks "
+                                         r"deep, the study's model an encoder 192 wide, 5 blocks deep"):
         load_init(build_pretrain_model(deeper, seed=0), str(tmp_path / "official.pth"))
     wider = Experiment.model_validate({**TINY, "model": {"preset": "small"}})
     with pytest.raises(ValueError, match=r"official.pth: encoder.patch_embed.proj.weight is \[192, 3, 2, 8, 8\] there, "

@@ -70,3 +70,59 @@ def test_official_layout_round_trip():
     video, mask = clip_and_mask("tiny", 2)
     with torch.no_grad():
         assert torch.equal(reloaded(video, mask).loss, ours(video, mask).loss)
+
+
+def test_pretrain_init_reads_a_hugging_face_model_folder(tmp_path, capsys):
+    """A VideoMAEForPreTraining as the Hub holds it (transformers < 5 saved q_bias/v_bias), as
+    save_pretrained writes it now (one safetensors file, or shards), its folder or its file, loads
+    the same weights from_transformers gives; a fine-tuned one or another size is refused."""
+    from conftest import MICRO, write_study
+    from harness.prepare import check_weights
+    from harness.study_file import load_study
+    from harness.weights import load_init
+    from models import VideoMAE, model_config
+
+    config = model_config("tiny", depth=2)
+    torch.manual_seed(0)
+    theirs = randomize_biases(transformers.VideoMAEForPreTraining(
+        config_to_transformers(config, use_mean_pooling=False)))
+    expected = from_transformers(theirs).state_dict()
+    theirs.save_pretrained(tmp_path / "current")
+    theirs.save_pretrained(tmp_path / "shards", max_shard_size="300KB")
+    assert (tmp_path / "shards" / "model.safetensors.index.json").is_file()
+    hub = {key.replace("query.bias", "q_bias").replace("value.bias", "v_bias"): value
+           for key, value in theirs.state_dict().items()}
+    assert any(key.endswith("attention.attention.q_bias") for key in hub)
+    (tmp_path / "hub").mkdir()
+    torch.save(hub, tmp_path / "hub" / "pytorch_model.bin")
+    for init in ("current", "current/model.safetensors", "shards", "hub", "hub/pytorch_model.bin"):
+        ours = VideoMAE(config)  # its own random weights, all replaced
+        load_init(ours, str(tmp_path / init))
+        for name, value in ours.state_dict().items():
+            torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=f"{init}: {name}")
+    # Through a study file: the folder is found and loads before any trial would start
+    study = write_study(tmp_path, "given", pretrain={**MICRO["pretrain"], "method": "pretrained", "init": "current"})
+    check_weights(load_study(study))
+    assert f"{tmp_path / 'current'}: loads into the tiny model" in capsys.readouterr().out
+
+    classifier = transformers.VideoMAEForVideoClassification(config_to_transformers(config, num_labels=5))
+    classifier.save_pretrained(tmp_path / "finetuned")
+    with pytest.raises(ValueError, match=r"finetuned: has no encoder.norm.weight \(2 missing, 4 unknown\): "
+                                         r"a fine-tuned checkpoint"):
+        load_init(VideoMAE(config), str(tmp_path / "finetuned"))
+    with pytest.raises(ValueError, match=r"current: encoder.patch_embed.proj.weight is \[192, 3, 2, 8, 8\] there, "
+                                         r"\[384, 3, 2, 16, 16\] in the study's model; the checkpoint has an encoder 192 "
+                                         r"wide, 2 blocks deep, on 2x8x8 cubes and a decoder 96 wide, 2 blocks deep, the "
+                                         r"study's model an encoder 384 wide, 12 blocks deep, on 2x16x16 cubes \(small\) "
+                                         r"and a decoder 192 wide, 4 blocks deep: set model: to match"):
+        load_init(VideoMAE(PRESETS["small"]), str(tmp_path / "current"))
+    # Heads change no weight's shape: only the folder's config.json tells them
+    config_file = tmp_path / "current" / "config.json"
+    config_file.write_text(config_file.read_text().replace('"num_attention_heads": 3', '"num_attention_heads": 6'))
+    with pytest.raises(ValueError, match=r"current: its config.json has num_attention_heads 6, the study's model "
+                                         r"num_heads 3: set model.overrides.num_heads"):
+        load_init(VideoMAE(config), str(tmp_path / "current"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty: not a checkpoint this harness reads \(a folder without "
+                                         r"model.safetensors, model.safetensors.index.json, pytorch_model.bin"):
+        load_init(VideoMAE(config), str(tmp_path / "empty"))

@@ -228,6 +228,25 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if readable else 1
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_trial
+
+    _outside_job_copy("--out", args.out)
+    out = _output_folder("export: --out", args.out)
+    row, written = export_trial(Path(args.run), out, args.trial, args.format)
+    point = ", ".join(f"{name}={row[name]}" for name in row.index if "." in name and not _blank(row[name]))
+    print(f"trial {row['trial_id']} ({point or 'the study as written'}, seed {row['seed']}; "
+          f"eval_top1 {row['eval_top1']:.4f}): wrote {', '.join(str(path) for path in written)}")
+    if args.format == "hf":
+        print(f"load it with transformers.VideoMAEForPreTraining.from_pretrained({str(out)!r}), "
+              f"or start a study from it with pretrain.init: {out}")
+    return 0
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="harness", description="VideoMAE ablation harness on Ray.")
     commands = main.add_subparsers(dest="command", required=True)
@@ -264,6 +283,17 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--runs", dest="runs_option", default=None, metavar="RUNS",
                          help="the same, spelled as for harness run")
     listing.set_defaults(handler=_ls)
+
+    export = commands.add_parser("export", help="a trial's pre-trained model as a Hugging Face folder or an official "
+                                                "VideoMAE checkpoint")
+    export.add_argument("run", help="a run folder, e.g. runs/mask_ratio")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--trial", default=None, metavar="ID",
+                        help="trial_id from trials.parquet (default: the best finished trial that pre-trained)")
+    export.add_argument("--format", choices=("hf", "official"), default="hf",
+                        help="hf: config.json + model.safetensors for transformers' VideoMAEForPreTraining "
+                             "(default); official: checkpoint.pth in the official VideoMAE code's layout")
+    export.set_defaults(handler=_export)
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write a synthetic domain as mp4 files plus manifest.csv")

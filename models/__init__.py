@@ -11,6 +11,7 @@ _SUBMODULE = {
     "VideoClassifier": "classifier", "layer_decay_groups": "classifier", "temporal_features": "classifier",
     "config_from_transformers": "convert", "config_to_transformers": "convert",
     "convert_official": "convert", "convert_transformers": "convert", "from_transformers": "convert",
+    "to_official": "convert", "to_transformers": "convert", "transformers_config": "convert",
     "IMAGENET_MEAN": "losses", "IMAGENET_STD": "losses", "LOSSES": "losses", "normalize": "losses",
     "unnormalize": "losses", "unpatchify": "losses",
     "STRATEGIES": "choices", "LOSS_NAMES": "choices", "decoder_mask": "masking", "make_mask": "masking",

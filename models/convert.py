@@ -38,20 +38,27 @@ def config_from_transformers(hf_config: Any) -> ModelConfig:
         decoder_num_heads=hf_config.decoder_num_attention_heads, norm_eps=hf_config.layer_norm_eps)
 
 
-def config_to_transformers(config: ModelConfig, **extra: Any) -> Any:
-    """A `transformers.VideoMAEConfig` of the same shape and numerics (layer-norm eps included),
-    for parity tests and benchmarks. `transformers` is imported only here."""
-    import transformers
-
-    return transformers.VideoMAEConfig(
+def transformers_config(config: ModelConfig, **extra: Any) -> dict[str, Any]:
+    """The `transformers.VideoMAEConfig` fields of a model of this shape and numerics (layer-norm
+    eps included), as its config.json holds them. `qkv_bias` is the name transformers 4 reads;
+    transformers 5 reads it as `qv_bias`."""
+    return dict(
         image_size=config.img_size, patch_size=config.patch_size, num_channels=config.in_chans,
         num_frames=config.num_frames, tubelet_size=config.tubelet_size, hidden_size=config.embed_dim,
         num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
-        intermediate_size=int(config.embed_dim * config.mlp_ratio),
+        intermediate_size=int(config.embed_dim * config.mlp_ratio), hidden_act="gelu", qkv_bias=True,
         decoder_hidden_size=config.decoder_embed_dim, decoder_num_hidden_layers=config.decoder_depth,
         decoder_num_attention_heads=config.decoder_num_heads,
         decoder_intermediate_size=int(config.decoder_embed_dim * config.mlp_ratio),
         layer_norm_eps=config.norm_eps, **extra)
+
+
+def config_to_transformers(config: ModelConfig, **extra: Any) -> Any:
+    """A `transformers.VideoMAEConfig` of the same shape and numerics, for parity tests and
+    benchmarks. `transformers` is imported only here."""
+    import transformers
+
+    return transformers.VideoMAEConfig(**transformers_config(config, **extra))
 
 
 def _convert_hf_blocks(state: dict[str, torch.Tensor], source: str, target: str) -> dict[str, torch.Tensor]:
@@ -158,4 +165,47 @@ def convert_official(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
             out[base + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), value_bias])
         elif not name.endswith("attn.v_bias"):
             out[name] = value
+    return out
+
+
+def to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our pre-training state dict -> `VideoMAEForPreTraining`'s, in the names of the Hub's
+    releases (q_bias/v_bias), which transformers 4 and 5 both load. The k bias is left out: it
+    adds the same number to every attention logit of a query, so changes no output."""
+    out: dict[str, torch.Tensor] = {}
+    theirs = {ours: hf for hf, ours in _HF_BLOCK.items()}
+    pattern = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
+    for key, value in state.items():
+        match = pattern.match(key)
+        if key.startswith("encoder.") and not match:
+            name = key.removeprefix("encoder.").replace("patch_embed.proj", "embeddings.patch_embeddings.projection")
+            out["videomae." + name.replace("norm.", "layernorm.")] = value
+            continue
+        if not match:
+            out[key] = value
+            continue
+        part, index, name, kind = match.groups()
+        prefix = f"videomae.encoder.layer.{index}" if part == "encoder" else f"decoder.decoder_layers.{index}"
+        if name != "attn.qkv":
+            out[f"{prefix}.{theirs[name]}.{kind}"] = value
+        elif kind == "weight":
+            for role, weight in zip(("query", "key", "value"), value.chunk(3)):
+                out[f"{prefix}.attention.attention.{role}.weight"] = weight
+        else:
+            query_bias, _, value_bias = value.chunk(3)
+            out[f"{prefix}.attention.attention.q_bias"] = query_bias
+            out[f"{prefix}.attention.attention.v_bias"] = value_bias
+    return out
+
+
+def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our pre-training state dict -> the official code's (q_bias/v_bias, no k bias), which its
+    fine-tuning script reads (`--finetune`)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("attn.qkv.bias"):
+            query_bias, _, value_bias = value.chunk(3)
+            out[key.replace("qkv.bias", "q_bias")], out[key.replace("qkv.bias", "v_bias")] = query_bias, value_bias
+        else:
+            out[key] = value
     return out

@@ -171,6 +171,58 @@ def test_report_draws_the_rows(smoke_run):
     assert "mask_ratio.html" in (workdir / "reports" / "index.html").read_text()
 
 
+def test_export_writes_the_best_trials_model_for_transformers_and_the_official_code(smoke_run):
+    """`harness export`: the best trial's pre-trained model as a folder transformers loads (the
+    same loss as ours on the same clip and mask), or as an official-layout checkpoint; both start
+    another study (pretrain.init) with the trial's weights."""
+    import torch
+    transformers = pytest.importorskip("transformers")
+
+    from harness.gallery import latest_checkpoint
+    from harness.report import saved_study
+    from harness.storage import study_storage
+    from harness.weights import load_init
+    from models import VideoMAE, make_mask
+
+    workdir, *_ = smoke_run
+    run_dir = workdir / "runs" / "mask_ratio"
+    trials = pd.read_parquet(run_dir / "trials.parquet").sort_values("eval_top1", ascending=False, kind="stable")
+    best, other = trials["trial_id"].iloc[0], trials["trial_id"].iloc[-1]
+    done = harness("export", "runs/mask_ratio", "--out", "best", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert f"trial {best} (pretrain.mask.ratio=" in done.stdout and "from_pretrained('best')" in done.stdout
+    provenance = json.loads((workdir / "best" / "harness.json").read_text())
+    assert provenance["trial_id"] == best and provenance["study"] == "mask_ratio"
+    assert provenance["eval_top1"] == trials["eval_top1"].iloc[0]
+    done = harness("export", "runs/mask_ratio", "--trial", other, "--format", "official", "--out", "other", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (workdir / "other").iterdir()) == ["checkpoint.pth", "harness.json"]
+
+    storage, config = study_storage(run_dir), saved_study(run_dir).experiment({}).model.build()  # ratios share it
+    for trial, exported in ((best, workdir / "best"), (other, workdir / "other" / "checkpoint.pth")):
+        weights = latest_checkpoint(storage, f"{trial}-pretrain")["model"]
+        ours = VideoMAE(config).eval()
+        ours.load_state_dict(weights)
+        given = VideoMAE(ours.config).eval()
+        load_init(given, str(exported))  # what another study's pretrain.init reads
+        for name, value in given.state_dict().items():
+            if not name.endswith("qkv.bias"):  # the k bias changes no output and is not exported
+                torch.testing.assert_close(value, weights[name], rtol=0, atol=0)
+        generator = torch.Generator().manual_seed(0)
+        video = torch.randn(2, 3, ours.config.num_frames, ours.config.img_size, ours.config.img_size, generator=generator)
+        mask = make_mask("tube", 2, ours.config.grid, 0.9, generator)
+        with torch.no_grad():
+            expected = ours(video, mask).loss.item()
+            assert abs(given(video, mask).loss.item() - expected) / expected < 1e-6
+            if trial == best:
+                theirs = transformers.VideoMAEForPreTraining.from_pretrained(exported).eval()
+                loss = theirs(video.transpose(1, 2), bool_masked_pos=mask).loss.item()
+                assert abs(loss - expected) / expected < 1e-5
+
+    wrong = harness("export", "runs/mask_ratio", "--trial", "nosuch", "--out", "x", cwd=workdir)
+    assert wrong.returncode == 2 and "runs/mask_ratio: no trial nosuch; its trials are " in wrong.stderr
+
+
 @needs_chromium
 def test_report_pages_load_in_chromium_with_every_chart_drawn(smoke_run):
     workdir, *_ = smoke_run

@@ -1,0 +1,90 @@
+"""`harness export`: a finished trial's pre-trained VideoMAE as files other code reads: a Hugging
+Face model folder (`VideoMAEForPreTraining.from_pretrained`, or `VideoMAEForVideoClassification`
+to fine-tune its encoder), or a checkpoint in the official VideoMAE code's layout (its fine-tuning
+script's `--finetune`). Either is also a `pretrain.init` for another study."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from models import VideoMAE, to_official, to_transformers, transformers_config
+
+from .findings import METRIC
+from .gallery import declared_point, latest_checkpoint
+from .report import saved_study
+from .results import read_trials
+from .storage import study_storage
+from .study import StudyError
+
+FORMATS = ("hf", "official")
+PROVENANCE_FILE = "harness.json"  # which study, trial and result the weights came from
+
+
+def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = "hf") -> tuple[pd.Series, list[Path]]:
+    """Write the pre-trained weights of `trial` (default: the best finished trial with a
+    pre-training stage, by the study's metric) into `out`; the trial's row and the files written."""
+    study = saved_study(run_dir)
+    if study is None:
+        raise StudyError(f"{run_dir}: no study.json: not a run folder `harness run` made")
+    row = chosen_trial(read_trials(run_dir), trial, run_dir)
+    run = row["pretrain_run"] if isinstance(row.get("pretrain_run"), str) else f"{row['trial_id']}-pretrain"
+    checkpoint = latest_checkpoint(study_storage(run_dir), run)
+    if checkpoint is None:
+        raise StudyError(f"{run_dir}: trial {row['trial_id']}: its pre-training checkpoint ({run}) is not there "
+                         "any more, or its storage cannot be read from here")
+    experiment = study.experiment(declared_point(study, row))
+    config = experiment.model.build()
+    model = VideoMAE(config, loss=experiment.pretrain.loss)
+    model.load_state_dict(checkpoint["model"])  # the study's model: checked before anything is written
+    state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "hf":
+        from safetensors.torch import save  # a dependency of timm
+
+        hf_config = {"architectures": ["VideoMAEForPreTraining"], "model_type": "videomae",
+                     **transformers_config(config, use_mean_pooling=False,
+                                           norm_pix_loss=experiment.pretrain.loss != "mse_raw")}
+        (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        tensors = {name: value.contiguous() for name, value in to_transformers(state).items()}
+        (out / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))  # transformers asks "pt"
+        written = [out / "config.json", out / "model.safetensors"]
+    elif fmt == "official":
+        torch.save({"model": to_official(state), "epoch": checkpoint.get("epoch")}, out / "checkpoint.pth")
+        written = [out / "checkpoint.pth"]
+    else:
+        raise StudyError(f"export: --format {fmt}: choose from {', '.join(FORMATS)}")
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance(study.name, run_dir, row), indent=2, default=str) + "\n")
+    return row, [*written, out / PROVENANCE_FILE]
+
+
+def chosen_trial(trials: pd.DataFrame, trial: str | None, run_dir: Path) -> pd.Series:
+    """The row of trial `trial`, or of the best finished trial that pre-trained."""
+    trained = trials[trials["pretrain_loss"].notna()] if "pretrain_loss" in trials else trials.iloc[:0]
+    if trial is None:
+        finished = trained[(trained["status"] == "ok") & trained[METRIC].notna()]
+        if finished.empty:
+            raise StudyError(f"{run_dir}: no finished trial pre-trained a model (scratch and pretrained "
+                             "trials have none of their own)")
+        return finished.sort_values(METRIC, ascending=False, kind="stable").iloc[0]  # a tie: the first recorded
+    rows = trials[trials["trial_id"] == trial]
+    if rows.empty:
+        raise StudyError(f"{run_dir}: no trial {trial}; its trials are {', '.join(trials['trial_id'][:5])}"
+                         + (" ..." if len(trials) > 5 else ""))
+    if trial not in set(trained["trial_id"]):
+        raise StudyError(f"{run_dir}: trial {trial} has no pre-training stage of its own (method "
+                         f"{rows.iloc[0].get('pretrain.method', 'scratch or pretrained')})")
+    return rows.iloc[0]
+
+
+def provenance(study: str, run_dir: Path, row: pd.Series) -> dict[str, Any]:
+    """The study, trial, its sweep point and results: what a reader of the weights asks first."""
+    facts = {"study": study, "run": str(Path(run_dir).absolute()), "trial_id": row["trial_id"]}
+    for name, value in row.items():
+        if name in facts or name.endswith("_curve") or value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+            continue
+        facts[name] = value.tolist() if hasattr(value, "tolist") else value  # numpy -> json
+    return facts

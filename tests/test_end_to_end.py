@@ -345,6 +345,7 @@ def test_a_study_evaluates_given_weights_as_they_are_against_scratch(tmp_path):
                          pretrain={"method": "pretrained", "init": "given/latest/checkpoint.pt"})
     refused = harness("run", str(deeper), "--runs", "runs", cwd=tmp_path)
     assert refused.returncode == 2 and "Ray" not in refused.stdout
-    assert refused.stderr.strip() == (f"harness: {deeper}: pretrain.init: {weights}: has no encoder.blocks.2.norm1.weight "
-                                      "(12 missing, 0 unknown): a fine-tuned checkpoint, or another model? It must be "
-                                      "a pre-training checkpoint of the study's model")
+    assert refused.stderr.strip() == (f"harness: {deeper}: pretrain.init: {weights}: has no encoder.blocks.2.norm1.weight; "
+                                      "the checkpoint has an encoder 192 wide, 2 blocks deep, on 2x8x8 cubes and a decoder "
+                                      "96 wide, 2 blocks deep, the study's model an encoder 192 wide, 3 blocks deep, on "
+                                      "2x8x8 cubes and a decoder 96 wide, 2 blocks deep: set model: to match")

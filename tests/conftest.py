@@ -26,19 +26,6 @@ MICRO = {
 }
 
 
-def official_layout(state: dict) -> dict:
-    """Our state dict as the official VideoMAE code saves it: a q and a v bias, no k bias."""
-    official = {}
-    for name, value in state.items():
-        if name.endswith("attn.qkv.bias"):
-            third = value.shape[0] // 3
-            official[name.replace("qkv.bias", "q_bias")] = value[:third]
-            official[name.replace("qkv.bias", "v_bias")] = value[2 * third:]
-        else:
-            official[name] = value
-    return official
-
-
 def write_study(tmp_path: Path, name: str, **sections) -> Path:
     """A study file of MICRO with `sections` replacing whole top-level sections."""
     import yaml

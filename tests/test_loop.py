@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import official_layout
 from harness.evaluate import evaluate
 from harness.pretrain import autocast, build_pretrain_model, grad_scaler, optimizer_step, pretrain, pretrain_optimizer
 from harness.session import Session, checkpoint_folder
 from harness.study import Experiment
-from models import make_mask
+from models import make_mask, to_official
 
 TINY = {"synth": {"train_clips": 48, "val_clips": 24},
         "pretrain": {"epochs": 2, "batch_size": 16},
@@ -302,7 +301,7 @@ def test_pretrain_init_starts_from_given_weights_in_the_official_layout_or_this_
     pretrain(Experiment.model_validate(TINY), seed=0, session=Session(tmp_path / "given"))
     ours = tmp_path / "given" / "latest" / "checkpoint.pt"
     weights = torch.load(ours, weights_only=True)["model"]
-    official = official_layout(weights)
+    official = to_official(weights)
     torch.save({"model": official, "epoch": 799, "args": argparse.Namespace(model="pretrain_videomae_tiny")},
                tmp_path / "official.pth")
     for init in (ours, tmp_path / "official.pth"):

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from conftest import official_layout
-from models import PRESETS, config_to_transformers, convert_official, from_transformers, make_mask
+from models import PRESETS, config_to_transformers, convert_official, from_transformers, make_mask, to_official
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,7 +62,7 @@ def test_official_layout_round_trip():
     torch.manual_seed(0)
     theirs = transformers.VideoMAEForPreTraining(hf_config("tiny", use_mean_pooling=False))
     ours = from_transformers(randomize_biases(theirs))
-    official = official_layout(ours.state_dict())
+    official = to_official(ours.state_dict())
     reloaded = type(ours)(ours.config)
     reloaded.load_state_dict(convert_official({"model": official}))
     reloaded.decoder.norm.eps = ours.decoder.norm.eps

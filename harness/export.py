@@ -27,10 +27,12 @@ PROVENANCE_FILE = "harness.json"  # which study, trial and result the weights ca
 def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = "hf") -> tuple[pd.Series, list[Path]]:
     """Write the pre-trained weights of `trial` (default: the best finished trial with a
     pre-training stage, by the study's metric) into `out`; the trial's row and the files written."""
-    study = saved_study(run_dir)
+    trials, study = read_trials(run_dir), saved_study(run_dir)
     if study is None:
         raise StudyError(f"{run_dir}: no study.json: not a run folder `harness run` made")
-    row = chosen_trial(read_trials(run_dir), trial, run_dir)
+    if out.is_dir() and any(out.iterdir()) and not (out / PROVENANCE_FILE).exists():  # not an earlier export
+        raise StudyError(f"export: --out {out}: holds other files; give a new or empty folder")
+    row = chosen_trial(trials, trial, run_dir)
     run = row["pretrain_run"] if isinstance(row.get("pretrain_run"), str) else f"{row['trial_id']}-pretrain"
     checkpoint = latest_checkpoint(study_storage(run_dir), run)
     if checkpoint is None:

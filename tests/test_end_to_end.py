@@ -221,6 +221,8 @@ def test_export_writes_the_best_trials_model_for_transformers_and_the_official_c
 
     wrong = harness("export", "runs/mask_ratio", "--trial", "nosuch", "--out", "x", cwd=workdir)
     assert wrong.returncode == 2 and "runs/mask_ratio: no trial nosuch; its trials are " in wrong.stderr
+    over = harness("export", "runs/mask_ratio", "--out", "runs/mask_ratio", cwd=workdir)  # not over other files
+    assert over.returncode == 2 and "--out runs/mask_ratio: holds other files; give a new or empty folder" in over.stderr
 
 
 @needs_chromium

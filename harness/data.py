@@ -118,11 +118,10 @@ _SHIFT = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) / torch.tensor(IMAGENET_S
 
 def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool = False,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (3, T, size, size) ImageNet-normalized float, all frames at once,
-    written into `out` when given (saves a copy when views are stacked).
-
-    Resizing stays in uint8 (torch's antialiased uint8 kernel is several times faster than
-    float); the cast, transpose and normalization are one copy and two in-place passes."""
+    """(T, H, W, 3) uint8 -> (3, T, size, size) uint8, all frames at once, written into `out` when
+    given (saves a copy when views are stacked). Resizing stays in uint8: torch's antialiased
+    uint8 kernel is several times faster than float, and the clip stays a quarter of the size
+    until `normalize_clips` (on the training device, after the batch is stacked)."""
     top, left, h, w = box
     clip = frames[:, top:top + h, left:left + w].permute(0, 3, 1, 2)  # T, 3, h, w (a view)
     if (h, w) != (size, size):
@@ -130,9 +129,14 @@ def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int,
     if flip:
         clip = clip.flip(-1)
     if out is None:
-        out = torch.empty(3, clip.shape[0], size, size)
-    out.copy_(clip.permute(1, 0, 2, 3))
-    return out.mul_(_SCALE).add_(_SHIFT)
+        out = torch.empty(3, clip.shape[0], size, size, dtype=torch.uint8)
+    return out.copy_(clip.permute(1, 0, 2, 3))
+
+
+def normalize_clips(video: torch.Tensor) -> torch.Tensor:
+    """uint8 clips (..., 3, T, H, W) -> ImageNet-normalized float32 on the same device: one cast
+    and two in-place passes."""
+    return video.float().mul_(_SCALE.to(video.device)).add_(_SHIFT.to(video.device))
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -253,10 +257,10 @@ class ClipDataset(Dataset):
         return segment_indices(length, self.num_frames, self.test_clips)
 
     def load(self, index: int) -> torch.Tensor:
-        """The views of item `index` (V, C, T, size, size); raises BadVideo."""
+        """The views of item `index` (V, C, T, size, size), uint8; raises BadVideo."""
         frames, views = self._frames(index)
         height, width = frames.shape[1:3]
-        out = torch.empty(self.views, 3, self.num_frames, self.size, self.size)
+        out = torch.empty(self.views, 3, self.num_frames, self.size, self.size, dtype=torch.uint8)
         if self.train:
             rng = self._rng(index, "space")
             clip = _take(frames, views[0])
@@ -282,6 +286,13 @@ class ClipDataset(Dataset):
         return frames, views
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Item `index`'s clip (C, T, size, size), or its views (V, C, T, size, size), normalized,
+        and its label; a bad video's stand-in in its place (on_error: skip)."""
+        video, label = self.item(index)
+        return normalize_clips(video), label
+
+    def item(self, index: int) -> tuple[torch.Tensor, int]:
+        """As `dataset[index]`, in uint8: what loader processes hand over (a quarter of the bytes)."""
         for attempt in range(MAX_SUBSTITUTES):
             candidate = index if attempt == 0 else self._substitute(index, attempt)
             if self.paths[candidate] in self.skipped:

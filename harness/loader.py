@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
-from .data import ClipDataset
+from .data import ClipDataset, normalize_clips
 from .sources import DataError
 
 
@@ -33,11 +33,14 @@ class ClipLoader:
     and each keeps the short clips it decoded, as the training process would. A process skips bad
     files in its copy; each batch brings that copy's `skipped` back, merged into `dataset.skipped`
     here, so the trial counts them and its checkpoint remembers them. `flatten_views`: several
-    views of a clip become clips of their own (training, V2's num_sample); else (B, V, ...)."""
+    views of a clip become clips of their own (training, V2's num_sample); else (B, V, ...).
+    Clips travel as uint8 (a quarter of the shared memory and of the copy to a GPU) and are
+    normalized on `device`, bit for bit as `dataset[index]` is."""
 
     def __init__(self, dataset: ClipDataset, batch_size: int, sampler: Iterable[int] | None = None, *,
-                 workers: int = 0, flatten_views: bool = True, drop_last: bool = False, pin_memory: bool = False):
-        self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
+                 workers: int = 0, flatten_views: bool = True, drop_last: bool = False, pin_memory: bool = False,
+                 device: torch.device | str = "cpu"):
+        self.dataset, self.batch_size, self.workers, self.device = dataset, batch_size, workers, torch.device(device)
         indices = range(len(dataset)) if sampler is None else sampler
         self.loader = DataLoader(_AtEpoch(dataset), batch_size=batch_size, sampler=_EpochIndices(indices, dataset),
                                  drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
@@ -51,7 +54,7 @@ class ClipLoader:
         try:
             for videos, labels, skipped in self.loader:
                 self.dataset.skipped.update(skipped)
-                yield videos, labels
+                yield normalize_clips(videos.to(self.device, non_blocking=True)), labels
         except DataError as error:  # from a loader process: the message is its whole traceback
             raise DataError(_original_message(str(error))) from None
         except RuntimeError as error:  # torch's: "unable to allocate shared memory(shm) ..." or a bus error
@@ -62,7 +65,7 @@ class ClipLoader:
     def _out_of_shared_memory(self) -> str:
         """Loader processes hand batches over in /dev/shm, 64 MB in a Docker container by default."""
         data = self.dataset
-        batch_mb = self.batch_size * data.views * 3 * data.num_frames * data.size**2 * 4 / 2**20
+        batch_mb = self.batch_size * data.views * 3 * data.num_frames * data.size**2 / 2**20  # uint8
         free_mb = shutil.disk_usage("/dev/shm").free / 2**20 if os.path.isdir("/dev/shm") else 0
         waiting = self.workers * self.loader.prefetch_factor
         return (f"the loader processes ran out of shared memory: /dev/shm has {free_mb:.0f} MB free, a batch "
@@ -95,7 +98,7 @@ class _AtEpoch(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = item
         self.dataset.set_epoch(epoch)
-        return self.dataset[index]
+        return self.dataset.item(index)
 
 
 def _collate_with_skips(batch: list[tuple[torch.Tensor, int]], flatten_views: bool

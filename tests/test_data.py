@@ -150,6 +150,8 @@ def test_crop_resize_matches_pil_on_a_real_frame():
     box = (20, 100, 180, 200)
     resized = crop_resize(torch.from_numpy(frames), box, 64)
     assert resized.dtype == torch.uint8 and resized.shape == (3, 2, 64, 64)
+    into_float = crop_resize(torch.from_numpy(frames), box, 64, out=torch.empty(3, 2, 64, 64))
+    assert torch.equal(into_float, normalize_clips(resized))  # normalized in the copy or after: the same
     ours = unnormalize(normalize_clips(resized).unsqueeze(0))[0]  # 3, T, 64, 64
     for t, frame in enumerate(frames):
         crop = Image.fromarray(frame).crop((100, 20, 300, 200)).resize((64, 64), Image.BILINEAR)

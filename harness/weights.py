@@ -78,7 +78,9 @@ def _read_file(path: Path) -> dict:
 
 
 def _check_heads(path: Path, model: VideoMAE) -> None:
-    """Heads change no weight's shape, so only a Hugging Face folder's config.json can tell."""
+    """Heads change no weight's shape, so only a Hugging Face model's config.json can tell."""
+    if not (path.is_dir() or path.name in HF_WEIGHT_FILES or path.suffix == ".safetensors"):
+        return  # another layout's file: a config.json beside it is not its own
     config_file = (path if path.is_dir() else path.parent) / "config.json"
     if not config_file.is_file():
         return

@@ -235,8 +235,9 @@ def _export(args: argparse.Namespace) -> int:
     out = _output_folder("export: --out", args.out)
     row, written = export_trial(Path(args.run), out, args.trial, args.format)
     point = ", ".join(f"{name}={row[name]}" for name in row.index if "." in name and not _blank(row[name]))
-    print(f"trial {row['trial_id']} ({point or 'the study as written'}, seed {row['seed']}; "
-          f"eval_top1 {row['eval_top1']:.4f}): wrote {', '.join(str(path) for path in written)}")
+    result = f"status {row['status']}" if _blank(row.get("eval_top1")) else f"eval_top1 {row['eval_top1']:.4f}"
+    print(f"trial {row['trial_id']} ({point or 'the study as written'}, seed {row['seed']}; {result}): "
+          f"wrote {', '.join(str(path) for path in written)}")
     if args.format == "hf":
         print(f"load it with transformers.VideoMAEForPreTraining.from_pretrained({str(out)!r}), "
               f"or start a study from it with pretrain.init: {out}")

@@ -229,23 +229,16 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_trial
+    from .export import export_trial, summary
 
     _outside_job_copy("--out", args.out)
     out = _output_folder("export: --out", args.out)
     row, written = export_trial(Path(args.run), out, args.trial, args.format)
-    point = ", ".join(f"{name}={row[name]}" for name in row.index if "." in name and not _blank(row[name]))
-    result = f"status {row['status']}" if _blank(row.get("eval_top1")) else f"eval_top1 {row['eval_top1']:.4f}"
-    print(f"trial {row['trial_id']} ({point or 'the study as written'}, seed {row['seed']}; {result}): "
-          f"wrote {', '.join(str(path) for path in written)}")
+    print(f"{summary(row)}: wrote {', '.join(str(path) for path in written)}")
     if args.format == "hf":
         print(f"load it with transformers.VideoMAEForPreTraining.from_pretrained({str(out)!r}), "
               f"or start a study from it with pretrain.init: {out}")
     return 0
-
-
-def _blank(value: object) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,13 +11,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from models import VideoMAE, to_official, to_transformers, transformers_config
+from models import to_official, to_transformers, transformers_config
 
 from .findings import METRIC
-from .gallery import declared_point, latest_checkpoint
+from .gallery import is_missing, pretrain_run, pretrained_model
 from .report import saved_study
 from .results import read_trials
-from .storage import study_storage
 from .study import StudyError
 
 FORMATS = ("hf", "official")
@@ -33,16 +32,12 @@ def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = 
     if out.is_dir() and any(out.iterdir()) and not (out / PROVENANCE_FILE).exists():  # not an earlier export
         raise StudyError(f"export: --out {out}: holds other files; give a new or empty folder")
     row = chosen_trial(trials, trial, run_dir)
-    run = row["pretrain_run"] if isinstance(row.get("pretrain_run"), str) else f"{row['trial_id']}-pretrain"
-    checkpoint = latest_checkpoint(study_storage(run_dir), run)
-    if checkpoint is None:
-        raise StudyError(f"{run_dir}: trial {row['trial_id']}: its pre-training checkpoint ({run}) is not there "
-                         "any more, or its storage cannot be read from here")
-    experiment = study.experiment(declared_point(study, row))
-    config = experiment.model.build()
-    model = VideoMAE(config, loss=experiment.pretrain.loss)
-    model.load_state_dict(checkpoint["model"])  # the study's model: checked before anything is written
-    state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    trained = pretrained_model(run_dir, study, row)  # loaded into the study's model before anything is written
+    if trained is None:
+        raise StudyError(f"{run_dir}: trial {row['trial_id']}: its pre-training checkpoint ({pretrain_run(row)}) "
+                         "is not there any more, or its storage cannot be read from here")
+    model, experiment, checkpoint = trained
+    config, state = model.config, model.state_dict()
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "hf":
         from safetensors.torch import save  # a dependency of timm
@@ -80,6 +75,13 @@ def chosen_trial(trials: pd.DataFrame, trial: str | None, run_dir: Path) -> pd.S
         raise StudyError(f"{run_dir}: trial {trial} has no pre-training stage of its own (method "
                          f"{rows.iloc[0].get('pretrain.method', 'scratch or pretrained')})")
     return rows.iloc[0]
+
+
+def summary(row: pd.Series) -> str:
+    """E.g. "trial 1a2b_00000 (pretrain.mask.ratio=0.9, seed 0; eval_top1 0.5120)"."""
+    point = ", ".join(f"{name}={row[name]}" for name in row.index if "." in name and not is_missing(row[name]))
+    result = f"status {row['status']}" if is_missing(row.get("eval_top1")) else f"eval_top1 {row['eval_top1']:.4f}"
+    return f"trial {row['trial_id']} ({point or 'the study as written'}, seed {row['seed']}; {result})"
 
 
 def provenance(study: str, run_dir: Path, row: pd.Series) -> dict[str, Any]:

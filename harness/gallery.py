@@ -19,14 +19,14 @@ from .pretrain import CHECKPOINT_FILE
 from .results import STUDY_FILE
 from .sources import resolve_source, split
 from .storage import Storage, study_storage
-from .study import Distribution, Study
+from .study import Distribution, Experiment, Study
 
 
-def latest_checkpoint(storage: Storage, pretrain_run: str) -> dict | None:
+def latest_checkpoint(storage: Storage, run: str) -> dict | None:
     """The last checkpoint of a pre-training run, read from wherever the study kept them."""
     try:
         found = sorted(info.path for info in storage.filesystem.get_file_info(
-            pafs.FileSelector(storage.path("train", pretrain_run), allow_not_found=True, recursive=True))
+            pafs.FileSelector(storage.path("train", run), allow_not_found=True, recursive=True))
             if info.path.endswith(f"/{CHECKPOINT_FILE}"))
         if not found:
             return None
@@ -36,11 +36,28 @@ def latest_checkpoint(storage: Storage, pretrain_run: str) -> dict | None:
         return None
 
 
+def pretrain_run(row: pd.Series) -> str:
+    """The pre-training run trial `row`'s model came from (another trial's, if it shared one)."""
+    return row["pretrain_run"] if isinstance(row.get("pretrain_run"), str) else f"{row['trial_id']}-pretrain"
+
+
+def pretrained_model(run_dir: Path, study: Study, row: pd.Series) -> tuple[VideoMAE, Experiment, dict] | None:
+    """Trial `row`'s pre-trained model (its last checkpoint loaded into the study's model), its
+    experiment and the checkpoint; None when the checkpoint cannot be read from here."""
+    checkpoint = latest_checkpoint(study_storage(run_dir), pretrain_run(row))
+    if checkpoint is None:
+        return None
+    experiment = study.experiment(declared_point(study, row))
+    model = VideoMAE(experiment.model.build(), loss=experiment.pretrain.loss)
+    model.load_state_dict(checkpoint["model"])
+    return model, experiment, checkpoint
+
+
 def declared_point(study: Study, row: pd.Series) -> dict[str, Any]:
     """Trial `row`'s sweep point, typed as the study declared it: Parquet keeps an integer column
     with gaps (decoder_depth, unset on the scratch point) as floats, and a model wants 8, not 8.0."""
     point = {name: getattr(row[name], "tolist", lambda: row[name])()  # numpy scalars and arrays -> python
-             for name in study.sweep.swept_names() if name in row and not _missing(row[name])}
+             for name in study.sweep.swept_names() if name in row and not is_missing(row[name])}
     for name, value in point.items():
         spec = study.sweep.parameters.get(name)
         declared = [p[name] for p in study.sweep.points if name in p] + (spec if isinstance(spec, list) else [])
@@ -53,14 +70,14 @@ def declared_point(study: Study, row: pd.Series) -> dict[str, Any]:
 
 def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames: int = 4) -> Path | None:
     """Write the gallery of trial `row` to `out`; None when its checkpoint or study is gone."""
-    run = row.get("pretrain_run") if isinstance(row.get("pretrain_run"), str) else f"{row['trial_id']}-pretrain"
-    checkpoint, study_file = latest_checkpoint(study_storage(run_dir), run), run_dir / STUDY_FILE
-    if checkpoint is None or not study_file.exists():
+    study_file = run_dir / STUDY_FILE
+    if not study_file.exists():
         return None
     study = Study.model_validate(json.loads(study_file.read_text()))
-    experiment = study.experiment(declared_point(study, row))
-    model = VideoMAE(experiment.model.build(), loss=experiment.pretrain.loss)
-    model.load_state_dict(checkpoint["model"])
+    trained = pretrained_model(run_dir, study, row)
+    if trained is None:
+        return None
+    model, experiment, _ = trained
     model.eval()
     table = split(resolve_source(experiment.evaluate.source, experiment.synth_params()), "val").head(clips)
     video = torch.stack([eval_dataset(experiment, table, train=False)[i][0] for i in range(len(table))])
@@ -78,5 +95,6 @@ def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames
     return out
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None or NaN: a Parquet cell the trial left empty."""
     return value is None or (isinstance(value, float) and value != value)

@@ -24,26 +24,13 @@ from typing import Callable, Iterable
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.data import ClipDataset, normalize_clips  # noqa: E402
 from harness.loader import ClipLoader, collate_views  # noqa: E402
 from harness.session import keep_freed_memory  # noqa: E402
 from harness.synth import SynthParams, generate, real_video_dir  # noqa: E402
-
-
-class Normalized(Dataset):
-    """The reference: each item normalized to float32 in the loader process."""
-
-    def __init__(self, dataset: ClipDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.dataset[index]
 
 
 def received(batches: Iterable, finish: Callable[[torch.Tensor], torch.Tensor] | None) -> float:
@@ -64,7 +51,7 @@ def compare(name: str, paths: list[str], processes: int, rounds: int, batch: int
         return ClipDataset(paths, [0] * len(paths), num_frames=16, size=224, stride=4, cache_mb=cache_mb)
     ours_set, reference_set = dataset(), dataset()
     ours = ClipLoader(ours_set, batch, workers=processes)  # its DataLoader: the uint8 batches as handed over
-    reference = DataLoader(Normalized(reference_set), batch, num_workers=processes, persistent_workers=True,
+    reference = DataLoader(reference_set, batch, num_workers=processes, persistent_workers=True,  # dataset[i]: float32
                            collate_fn=collate_views)
     settings = {"reference (float32)": lambda: received(reference, None),
                 "ours (uint8)": lambda: received(ours.loader, None),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,19 @@ def _label(config: dict) -> str:
     values = {**sweep_point(config), "seed": config["seed"]}
     short = [name.rsplit(".", 1)[-1] for name in values]
     names = [s if short.count(s) == 1 else full for s, full in zip(short, values)]  # full path if ambiguous
-    return " ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names, values.values()))
+    return " ".join(f"{n}={shown_value(v)}" for n, v in zip(names, values.values()))
+
+
+def shown_value(value: Any, width: int = 40) -> str:
+    """A swept value as a progress line shows it: a float to 4 digits, a long path by its last
+    two parts, a Hugging Face Hub cache snapshot by its model's name (the row keeps the whole)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    if len(text) <= width or "/" not in text:
+        return text
+    hub = re.search(r"models--([^/]+)--([^/]+)/snapshots/", text)
+    return f"{hub[1]}/{hub[2]}" if hub else "…/" + "/".join(Path(text).parts[-2:])
 
 
 def record_trial(run_dir: Path, study: Study, trial_id: str, config: dict, result: dict) -> None:

@@ -10,7 +10,7 @@ import pytest
 from harness.cli import main
 from harness.study import StudyError
 from harness.study_file import load_study
-from harness.recorder import shown_epoch, trial_phase
+from harness.recorder import shown_epoch, shown_value, trial_phase
 from harness.sweep import resource_plan, trial_points
 from harness.trial import pretrain_key, shares_pretraining
 
@@ -135,6 +135,14 @@ def test_the_console_shows_every_epoch_of_short_stages_and_about_twenty_of_long_
     assert paper[:3] == [1, 40, 80] and paper[-1] == 800 and len(paper) == 21
     assert [epoch for epoch in range(1, 52) if shown_epoch(epoch, 51)] == [1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30,
                                                                             33, 36, 39, 42, 45, 48, 51]
+
+
+def test_progress_lines_show_long_paths_by_their_last_parts():
+    snapshot = "/home/me/.cache/huggingface/hub/models--MCG-NJU--videomae-base/snapshots/" + "0" * 40
+    assert shown_value(snapshot) == "MCG-NJU/videomae-base"
+    assert shown_value("/data/checkpoints/kinetics_800_epochs/checkpoint-799.pth") == "…/kinetics_800_epochs/checkpoint-799.pth"
+    assert shown_value("runs/a/checkpoint.pth") == "runs/a/checkpoint.pth"  # short: as it is
+    assert shown_value(0.123456) == "0.1235" and shown_value("tube") == "tube" and shown_value(None) == "None"
 
 
 def test_the_progress_table_names_the_silent_work_after_a_stages_last_epoch():

@@ -15,7 +15,6 @@ import pandas as pd
 
 from .figures import figures, hashable, parameters, summarize
 from .findings import METRIC, findings
-from .gallery import gallery_png
 from .results import (EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, added_seeds, final_rows, read_trials,
                       settings_changed)
 from .study import Study
@@ -174,6 +173,8 @@ def planned_trials(run_dir: Path) -> int | None:
 def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path) -> Path | None:
     """The best pre-trained trial's reconstructions, made from its checkpoint while the run
     folder has it; a gallery made earlier is kept for reports rebuilt from copied rows."""
+    from .gallery import gallery_png  # torch and the model: not for `harness status` and `ls`
+
     ok = trials[(trials["status"] == "ok") & trials["pretrain_loss"].notna()]
     if not ok.empty:
         made = gallery_png(run_dir, ok.sort_values(METRIC, ascending=False).iloc[0], out)

@@ -248,6 +248,15 @@ def test_training_loop_and_models_do_not_import_ray():
         assert "open(" not in text and "yaml" not in text, path
 
 
+def test_status_and_ls_answer_without_importing_torch(tmp_path):
+    """`harness status` and `ls` are run from another terminal while a study runs: torch and the
+    model (4-5 s to import here) are only for the commands that need them."""
+    code = ("import sys; from harness.cli import main; code = main(['ls', sys.argv[1]]);"
+            "print(code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "0 False", out.stdout + out.stderr
+
+
 def test_a_transfer_study_over_video_folders_in_the_public_datasets_formats(tmp_path):
     """Pre-train on a UCF101-style folder (.avi, class folders, split files) or on SSV2-style
     official list files (.webm), evaluate each encoder on both, against scratch, through

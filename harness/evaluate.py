@@ -112,7 +112,7 @@ def final_metrics(experiment: Experiment, logits: torch.Tensor, labels: torch.Te
             "precision": resolved_precision(experiment.precision, device), "machine": machine(),
             "top1": topk_accuracy(logits, labels, 1),
             "top5": topk_accuracy(logits, labels, 5), "train_clips": train_clips, "val_clips": len(labels),
-            "num_classes": num_classes, "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
+            "num_classes": num_classes, "skipped_videos": len(skipped), "skipped_files": sorted(skipped.items())}
 
 
 def report_final(session: Session, metrics: dict, state: dict | None = None) -> dict:

@@ -102,7 +102,7 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
         if diverged_at:
             metrics = {"stage": "eval", "diverged": True, "epoch": diverged_at, "protocol": "finetune",
                        "finetune_loss_curve": [h["loss"] for h in history],
-                       "skipped_files": sorted(skipped_files([train_set]))}
+                       "skipped_files": sorted(skipped_files([train_set]).items())}
             return report_final(session, metrics, {"metrics": metrics})
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device),

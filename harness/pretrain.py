@@ -216,7 +216,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
                    "epochs": list(history), "workers": session.world_size, "peak_rss_mb": peak_rss_mb(),
                    "precision": resolved_precision(experiment.precision, device),
                    "resumed_from_epoch": resumed_from, "bad_steps": bad_steps, "diverged": diverged,
-                   "skipped_videos": len(skipped), "skipped_files": sorted(skipped)}
+                   "skipped_videos": len(skipped), "skipped_files": sorted(skipped.items())}
         # The last checkpoint is never trained on again, so it leaves out AdamW's two moments
         # (2/3 of it: 750 MB of a ViT-B's 1.1 GB), as fine-tuning's last one does.
         last = diverged or epoch + 1 == spec.epochs

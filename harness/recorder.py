@@ -62,6 +62,8 @@ class TrialRecorder(Callback):
                        else f"{result['status'].upper()}: {result.get('reason')}")
             print(f"  [{label}] done: {outcome} in {result['wall_time_s']:.0f} s "
                   f"({self.finished}/{self.total} this session)", flush=True)
+            if result.get("skipped_files"):
+                print(f"  [{label}] {skipped_text(result['skipped_files'])}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """A trial that ended without its summary was stopped early by the scheduler (ASHA)."""
@@ -93,6 +95,13 @@ def stopped_result(last: dict[str, Any]) -> dict[str, Any]:
             "pretrain_epochs": last.get("epochs", []), "resumed_from_epoch": last.get("resumed_from_epoch"),
             "reason": f"stopped early by ASHA after pre-training epoch {last.get('epoch')}"
                       + (f" (pretrain_loss {loss:.4g})" if loss is not None else "")}
+
+
+def skipped_text(files: list, shown: int = 5) -> str:
+    """The bad videos a trial skipped ([path, reason] pairs), the first `shown` by name."""
+    listed = "; ".join(f"{path} ({reason})" if reason else str(path) for path, reason in files[:shown])
+    more = f"; and {len(files) - shown} more" if len(files) > shown else ""
+    return f"skipped {len(files)} bad video{'s' if len(files) != 1 else ''} (on_error: skip): {listed}{more}"
 
 
 def failure_reason(error_file: Path | None) -> str:

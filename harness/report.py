@@ -50,7 +50,8 @@ def header(trials: pd.DataFrame, description: str = "", planned: int | None = No
     first = trials.iloc[0]
     facts = {"study": str(first["study"]), "description": description,
              "scale": ", ".join(sorted(trials["scale"].astype(str).unique())),
-             "trials": _trial_count(trials, planned), "seeds": str(trials["seed"].nunique()),
+             "trials": _trial_count(trials, planned), "bad videos": _bad_videos(trials),
+             "seeds": str(trials["seed"].nunique()),
              "evaluation": _distinct(trials, "eval_protocol"), "precision": _distinct(trials, "precision"),
              "machine": _distinct(trials, "machine"),
              "commit": _distinct(trials, "git_commit"),
@@ -83,6 +84,16 @@ def _trial_count(trials: pd.DataFrame, planned: int | None = None) -> str:
     if set(counts.index) == {"ok"}:
         return recorded
     return f"{recorded} ({', '.join(f'{n} {status}' for status, n in counts.items())})"
+
+
+def _bad_videos(trials: pd.DataFrame) -> str:
+    """How many trials skipped bad videos (on_error: skip); empty when none did."""
+    counts = trials["skipped_videos"].fillna(0) if "skipped_videos" in trials else pd.Series(dtype=float)
+    hit = int((counts > 0).sum())
+    if not hit:
+        return ""
+    return (f"{hit} of {len(trials)} trials skipped bad videos (up to {int(counts.max())} a trial, "
+            "`skipped_videos`); `harness data check SOURCE` names them")
 
 
 def unfinished_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -294,6 +305,8 @@ def status_table(run_dir: Path) -> str:
     facts = header(trials, planned=planned)
     took = f", {facts['time it took']}" if "time it took" in facts else ""
     line = f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}{took}"
+    if "bad videos" in facts:
+        line += f"\n{facts['bad videos']}"
     table = summary_table(trials)
     if table.empty:
         return f"{line}\nno trial has finished yet"
@@ -310,12 +323,14 @@ def runs_table(runs_root: Path) -> str:
     for run_dir in run_dirs:
         planned = planned_trials(run_dir)
         if not (run_dir / TRIALS_FILE).exists():
-            count = f"0/{planned}" if planned else "0"
-            lines.append(f"{run_dir.name:{width}s} {count:>7s} trials  no trial has finished yet")
+            count, study = f"0/{planned}" if planned else "0", saved_study(run_dir)
+            scale = study.scale if study else "?"
+            lines.append(f"{run_dir.name:{width}s} {scale:6s} {count:>7s} trials  no trial has finished yet")
             continue
         trials = read_trials(run_dir)
         ok = trials[trials["status"] == "ok"]
         best = f"best {METRIC} {ok[METRIC].max():.4f}" if len(ok) else "no finished trial"
         count = f"{len(trials)}/{planned}" if planned and planned > len(trials) else str(len(trials))
-        lines.append(f"{run_dir.name:{width}s} {count:>7s} trials  {best}  last {trials['finished_at'].max()}")
+        scale = ", ".join(sorted(trials["scale"].astype(str).unique()))
+        lines.append(f"{run_dir.name:{width}s} {scale:6s} {count:>7s} trials  {best}  last {trials['finished_at'].max()}")
     return "\n".join(lines) if lines else f"no studies under {runs_root}"

@@ -199,11 +199,11 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
     summary: dict[str, Any] = {"pretrain_loss": None, "pretrain_loss_curve": [], "pretrain_clips_per_s": None,
                                "pretrain_time_s": 0.0, "pretrain_epochs": [], "peak_rss_mb": None,
                                "resumed_from_epoch": None}
-    checkpoint, skipped = None, set()
+    checkpoint, skipped = None, {}  # bad file -> why it was skipped
     if experiment.pretrain.trains:
         checkpoint, metrics, shared_from = pretrained(experiment, seed, trial_id, study_obj, storage, loop_config,
                                                       shared)
-        skipped.update(metrics.get("skipped_files", []))
+        skipped.update(bad_files(metrics))
         summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
                        pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started,
                        pretrain_epochs=[] if shared_from else metrics["epochs"], peak_rss_mb=metrics["peak_rss_mb"],
@@ -218,7 +218,7 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
     eval_started = time.time()
     metrics, _ = run_stage(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                            {**loop_config, "checkpoint": checkpoint})
-    skipped.update(metrics.get("skipped_files", []))  # a file bad in both stages counts once
+    skipped.update(bad_files(metrics))  # a file bad in both stages counts once
     if metrics.get("diverged"):
         summary.update(finetune_loss_curve=metrics["finetune_loss_curve"], eval_time_s=time.time() - eval_started)
         return _finish(storage, finished, _diverged(summary, started, skipped, study_obj.resources,
@@ -229,7 +229,8 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
                    machine=metrics["machine"],
                    finetune_loss_curve=metrics.get("finetune_loss_curve", []),
                    eval_train_clips=metrics["train_clips"], eval_time_s=time.time() - eval_started,
-                   wall_time_s=time.time() - started, skipped_videos=len(skipped), stage="done")
+                   wall_time_s=time.time() - started, skipped_videos=len(skipped),
+                   skipped_files=sorted(skipped.items()), stage="done")
     resources = study_obj.resources
     summary.update(workers=resources.workers_per_trial,
                    cpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.cpus_per_worker,
@@ -237,10 +238,17 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
     return _finish(storage, finished, summary)
 
 
-def _diverged(summary: dict[str, Any], started: float, skipped: set, resources: Any, reason: str) -> dict[str, Any]:
+def bad_files(metrics: dict[str, Any]) -> dict[str, str]:
+    """A stage's skipped files, path -> reason (a pre-training run recorded before reasons were
+    kept lists paths only)."""
+    return dict((entry, "") if isinstance(entry, str) else tuple(entry) for entry in metrics.get("skipped_files", []))
+
+
+def _diverged(summary: dict[str, Any], started: float, skipped: dict, resources: Any, reason: str) -> dict[str, Any]:
     """The row of a trial stopped by a non-finite loss or gradient: recorded, not scored."""
     return {**summary, "status": "diverged", "stage": "done", "wall_time_s": time.time() - started,
-            "skipped_videos": len(skipped), "workers": resources.workers_per_trial, "reason": reason}
+            "skipped_videos": len(skipped), "skipped_files": sorted(skipped.items()),
+            "workers": resources.workers_per_trial, "reason": reason}
 
 
 def _finish(storage: Storage, finished: tuple[str, ...], summary: dict[str, Any]) -> None:

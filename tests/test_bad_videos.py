@@ -142,7 +142,9 @@ def test_skipped_videos_reach_the_trial_metrics(files, tmp_path, loader_workers)
     session.loader_workers = evaluation.loader_workers = loader_workers  # skipped in loader processes too
     pretrain(experiment, 0, session)
     assert session.reports[-1]["skipped_videos"] == 2
-    assert sorted(session.reports[-1]["skipped_files"]) == sorted(str(tmp_path / r) for r in list(broken)[:2])
+    skipped = session.reports[-1]["skipped_files"]  # [path, reason], sorted
+    assert [path for path, _ in skipped] == sorted(str(tmp_path / r) for r in list(broken)[:2])
+    assert all(reason for _, reason in skipped)
     with session.latest_checkpoint() as checkpoint:
         metrics = evaluate(experiment, 0, evaluation, checkpoint)
     assert metrics["skipped_videos"] == 3 and metrics["val_clips"] == 8

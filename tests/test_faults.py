@@ -243,7 +243,7 @@ def test_driver_killed_while_replacing_the_results_file(tmp_path, cluster):
     before = rows(run_dir)  # the old file is whole
     assert len(before) == 1
     assert status_table(run_dir).startswith("torn (cpu scale): trials recorded 1 of 2")
-    assert runs_table(run_dir.parent).split()[:3] == ["torn", "1/2", "trials"]
+    assert runs_table(run_dir.parent).split()[:4] == ["torn", "cpu", "1/2", "trials"]
     wait_until_released(cluster.address)
 
     run(study, cluster, tmp_path)
@@ -323,11 +323,15 @@ def test_a_trial_that_keeps_failing_is_recorded_as_failed_and_the_others_go_on(t
     assert "empty.mp4: empty file (0 bytes)" in output and "Traceback" not in output, output[-5000:]
     trials = rows(run_dir).set_index("on_error")
     assert trials.loc["skip", "status"] == "ok" and trials.loc["skip", "skipped_videos"] == 1
+    # The skipping trial names the file and why on the console, not only with --verbose
+    assert "on_error=skip seed=0] skipped 1 bad video (on_error: skip): " in output, output[-5000:]
+    assert "empty.mp4 (empty file (0 bytes))" in output.split("on_error=skip seed=0] skipped")[1].splitlines()[0]
+    assert "1 of 2 trials skipped bad videos (up to 1 a trial" in status_table(run_dir)
     assert trials.loc["raise", "status"] == "failed" and "empty file (0 bytes)" in trials.loc["raise", "reason"]
     report = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(run_dir), "--out", str(tmp_path / "reports")],
                             capture_output=True, text=True)
     page = (tmp_path / "reports" / "failing.md").read_text()
-    assert report.returncode == 0 and "1 ok, 1 failed" in page
+    assert report.returncode == 0 and "1 ok, 1 failed" in page and "**bad videos**: 1 of 2 trials skipped" in page
     assert "## Trials that did not finish" in page and "empty.mp4: empty file (0 bytes)" in page
 
 

@@ -114,14 +114,23 @@ def test_report_and_status_of_a_study_whose_trials_all_failed(tmp_path, capsys):
     assert main(["status", str(run_dir.parent / "loss")]) == 2
     assert "loss/trials.parquet: no results yet" in capsys.readouterr().err
     assert main(["ls", str(run_dir.parent)]) == 0  # the failed study; "loss" holds nothing of a study
-    assert capsys.readouterr().out.split()[:3] == ["mask_ratio", "3", "trials"]
+    assert capsys.readouterr().out.split()[:4] == ["mask_ratio", "smoke", "3", "trials"]
     started = run_dir.parent / "masking"  # running, no trial recorded yet: listed with what it plans
     started.mkdir()
     (started / "study.json").write_text(load_study(REPO / "studies" / "masking.yaml", "smoke").model_dump_json())
     for spelled in ([str(run_dir.parent)], ["--runs", str(run_dir.parent)]):  # as harness run spells it too
         assert main(["ls", *spelled]) == 0
-        assert capsys.readouterr().out.splitlines()[1].split() == ["masking", "0/2", "trials", "no", "trial",
+        assert capsys.readouterr().out.splitlines()[1].split() == ["masking", "smoke", "0/2", "trials", "no", "trial",
                                                                    "has", "finished", "yet"]
+    assert main(["status", str(run_dir.parent)]) == 2  # the runs folder (`report` takes it: every study)
+    assert capsys.readouterr().err == (f"harness: {run_dir.parent}: a runs folder, holding the run folders of "
+                                       f"mask_ratio, masking: name one (e.g. {run_dir})\n")
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"")
+    for command in ("status", "report"):  # a folder of videos
+        assert main([command, str(tmp_path / "videos")]) == 2
+        assert capsys.readouterr().err == (f"harness: {tmp_path / 'videos'}: not a run folder (no trials.parquet or "
+                                           "study.json; `harness run` writes them)\n")
     assert main(["ls", str(run_dir.parent), "--runs", str(tmp_path)]) == 2
     assert "two runs folders given" in capsys.readouterr().err
     assert main(["ls", str(tmp_path / "runz")]) == 2

@@ -214,8 +214,6 @@ def _check(args: argparse.Namespace) -> int:
         named = source.split("?")[0] in str(error)
         raise DataError(f"data check{'' if named else ' ' + args.source}: {error}") from None
     print(f"{source}: {holding(table)}", flush=True)
-    import decord  # FFmpeg's own lines on a bad file would repeat the reason printed for it
-    decord.logging.set_level(decord.logging.QUIET)
     lines, readable = inspect_source(table, args.decode, progress=_progress if args.decode >= 100 else None)
     for line in lines:
         print(line, flush=True)

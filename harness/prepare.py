@@ -2,9 +2,11 @@
 stages read, so that a problem stops `harness run` with one line instead of failing trials."""
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -91,7 +93,8 @@ def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
     probes, bad = [], []
     for done, path in enumerate(sample, start=1):
         try:
-            probes.append(probe(path))
+            with _quiet_stderr():
+                probes.append(probe(path))
         except BadVideo as error:
             bad.append(f"  bad: {path}: {error}")
         if progress:
@@ -103,6 +106,21 @@ def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
         lines.append(f"  decoded {len(probes)} of {len(sample)} sampled clips: {_range(smallest, largest)} px, "
                      f"{_range(min(lengths), max(lengths))} frames, {_range(f'{min(rates):.3g}', f'{max(rates):.3g}')} fps")
     return lines + bad, not missing and not bad
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Leave out what decord and FFmpeg write to the process's stderr themselves on a bad file
+    (e.g. "video_reader.cc:83: ERROR opening: ..."): the line printed for it gives the reason."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _range(low: object, high: object) -> str:

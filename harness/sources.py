@@ -115,7 +115,13 @@ def resolve_source(source: str, synth: SynthParams | None = None,
         table["path"] = [str(manifest.parent / p) for p in table["path"]]
         return table
     if scheme == "folder":
-        return _folder_manifest(path, int(options.get("split", 1)))
+        table = _folder_manifest(path, int(options.get("split", 1)))
+        if table.empty:
+            raise DataError(f"{source}: no videos in class folders: a folder: source holds a folder of videos per "
+                            f"class (ROOT/CLASS/VIDEO), or train and val folders of them (ROOT/train/CLASS/VIDEO)"
+                            + (f"; this one has a manifest: read it with manifest:{path / 'manifest.csv'}"
+                               if (path / "manifest.csv").is_file() else ""))
+        return table
     if scheme in ("ssv2", "kinetics"):
         from .layouts import kinetics_manifest, ssv2_manifest  # they build on this module
         return (ssv2_manifest if scheme == "ssv2" else kinetics_manifest)(path, Path(root) if root else None)

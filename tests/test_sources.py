@@ -319,7 +319,7 @@ def test_kinetics_as_the_cvdf_download_unpacks(tmp_path):
         resolve_source(f"kinetics:{tmp_path}")
 
 
-def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capsys):
+def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capfd):
     """`harness data check SOURCE`: what a study would read (clips, classes, splits), the files
     missing, a seeded sample opened and decoded to its last frame, each bad clip with its reason;
     exit 1 when any file cannot be read; the manifest written reads back as a manifest: source."""
@@ -327,7 +327,9 @@ def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capsys):
     (tmp_path / "ucf" / "Jump" / "d.mp4").write_bytes(b"")
     written = tmp_path / "ucf.parquet"
     assert main(["data", "check", f"folder:{tmp_path / 'ucf'}", "--manifest", str(written)]) == 1
-    assert capsys.readouterr().out.splitlines() == [
+    out, err = capfd.readouterr()  # decord's own line on the bad file ("ERROR opening") left out
+    assert err == "", err
+    assert out.splitlines() == [
         f"folder:{tmp_path / 'ucf'}: 4 clips of 2 classes (train 4)",
         "  decoded 3 of 4 sampled clips: 176x144 px, 120 frames, 30 fps",
         f"  bad: {tmp_path / 'ucf' / 'Jump' / 'd.mp4'}: empty file (0 bytes)",
@@ -335,17 +337,27 @@ def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capsys):
     pd.testing.assert_frame_equal(resolve_source(f"manifest:{written}"), resolve_source(f"folder:{tmp_path / 'ucf'}"))
     (tmp_path / "list.txt").write_text("ucf/Run/a.mp4 0\nucf/Run/gone.mp4 0\n")
     assert main(["data", "check", f"list:{tmp_path / 'list.txt'}", "--decode", "0"]) == 1
-    assert capsys.readouterr().out.splitlines()[1] == f"  missing: 1 of 2 files, e.g. {tmp_path / 'ucf' / 'Run' / 'gone.mp4'}"
+    assert capfd.readouterr().out.splitlines()[1] == f"  missing: 1 of 2 files, e.g. {tmp_path / 'ucf' / 'Run' / 'gone.mp4'}"
     (tmp_path / "list.txt").write_text("ucf/Run/a.mp4 0\nucf/Run/b.mp4 1\n")
     assert main(["data", "check", f"list:{tmp_path / 'list.txt'}", "--decode", "5"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == "  decoded 2 of 2 sampled clips: 176x144 px, 120 frames, 30 fps"
+    assert capfd.readouterr().out.splitlines()[1] == "  decoded 2 of 2 sampled clips: 176x144 px, 120 frames, 30 fps"
     (tmp_path / "lists").mkdir()
     shutil.move(tmp_path / "list.txt", tmp_path / "lists" / "train.txt")
     (tmp_path / "lists" / "val.txt").write_text("ucf/Run/b.mp4 1\n")  # a split without every class is noted
     assert main(["data", "check", f"list:{tmp_path / 'lists'}?root={tmp_path}", "--decode", "0"]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == ["  val: clips of 1 of the 2 classes"]  # and no file missing or bad
+    assert capfd.readouterr().out.splitlines()[1:] == ["  val: clips of 1 of the 2 classes"]  # and no file missing or bad
     assert main(["data", "check", f"kinetics:{tmp_path / 'ucf'}"]) == 2
-    assert capsys.readouterr().err == (f"harness: data check: kinetics:{tmp_path / 'ucf'}: "
+    assert capfd.readouterr().err == (f"harness: data check: kinetics:{tmp_path / 'ucf'}: "
                                        "no annotations/train.csv, val.csv or test.csv (the CVDF download's layout)\n")
     assert main(["data", "check", "ssv2:/no/such/dir"]) == 2
-    assert capsys.readouterr().err == "harness: data check ssv2:/no/such/dir: data path /no/such/dir does not exist\n"
+    assert capfd.readouterr().err == "harness: data check ssv2:/no/such/dir: data path /no/such/dir does not exist\n"
+    for folder in (tmp_path / "empty", tmp_path / "synth"):  # nothing a folder: source reads; a `data synth` output
+        (folder / "train").mkdir(parents=True)
+    (tmp_path / "synth" / "manifest.csv").write_text("path,label,split\n")
+    assert main(["data", "check", f"folder:{tmp_path / 'empty'}"]) == 2
+    assert capfd.readouterr().err == (f"harness: data check: folder:{tmp_path / 'empty'}: no videos in class folders: a "
+                                      "folder: source holds a folder of videos per class (ROOT/CLASS/VIDEO), or train "
+                                      "and val folders of them (ROOT/train/CLASS/VIDEO)\n")
+    assert main(["data", "check", f"folder:{tmp_path / 'synth'}"]) == 2
+    assert capfd.readouterr().err.endswith(f"; this one has a manifest: read it with manifest:{tmp_path / 'synth'}"
+                                           "/manifest.csv\n")

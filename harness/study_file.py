@@ -75,9 +75,21 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
         raise StudyError(f"{path}: --scale: unknown scale {scale!r}; choose from {list(SCALES)}")
     if scale != DEFAULT_SCALE and scale not in scales:
         raise StudyError(f"{path}: scales.{scale}: this study does not define the {scale!r} scale")
-    for key, value in (scales.get(scale) or {}).items():
+    study = _at_scale(raw, scales, scale, path, check_paths)
+    for other in sorted({DEFAULT_SCALE, *scales} - {scale}):  # a mistake in a scale not run now is one still
+        _at_scale(raw, scales, other, path, check_paths=False)
+    return study
+
+
+def _at_scale(raw: dict, scales: dict, scale: str, path: Path, check_paths: bool) -> Study:
+    """The study file's values with `scale`'s overrides, validated and checked; a mistake in an
+    override is named where it is written (scales.<scale>.<key>)."""
+    raw, overrides = copy.deepcopy(raw), scales.get(scale) or {}
+    if not isinstance(overrides, dict):
+        raise StudyError(f"{path}: scales.{scale}: must map dotted paths to values")
+    for key, value in overrides.items():
         try:
-            set_path(raw, key, value)
+            set_path(raw, str(key), value)
         except KeyError:
             raise StudyError(f"{path}: scales.{scale}.{key}: not a settable field") from None
     raw["scale"] = scale
@@ -85,7 +97,10 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     try:
         study = Study.model_validate(raw)
     except ValidationError as error:
-        raise StudyError(first_error(error, f"{path}: ")) from None
+        message = first_error(error)
+        field = message.split(": ", 1)[0]
+        overridden = any(field == key or field.startswith(f"{key}.") for key in map(str, overrides))
+        raise StudyError(f"{path}: {f'scales.{scale}.' if overridden else ''}{message}") from None
     _check_sweep(study, path)
     _check_batches(study, path)
     for read in weight_files(study):

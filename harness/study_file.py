@@ -7,6 +7,7 @@ A study's top-level values are its `cpu` scale; `scales.<name>` holds dotted-pat
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,7 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from .sources import absolute_source, check_source
-from .study import DEFAULT_SCALE, SCALES, Distribution, Experiment, Study, StudyError, SweepSpec, set_path
+from .study import (DEFAULT_SCALE, SCALES, Distribution, Experiment, PretrainSpec, Study, StudyError, SweepSpec,
+                    set_path)
 
 
 def first_error(error: ValidationError, prefix: str = "") -> str:
@@ -103,6 +105,10 @@ def _at_scale(raw: dict, scales: dict, scale: str, path: Path, check_paths: bool
         raise StudyError(f"{path}: {f'scales.{scale}.' if overridden else ''}{message}") from None
     _check_sweep(study, path)
     _check_batches(study, path)
+    repeated = repeated_points(study)
+    if repeated:
+        raise StudyError(f"{path}: sweep: {repeated[0]}; each seed's result would count twice (a scratch or "
+                         "pretrained baseline goes in points: of its own)")
     for read in weight_files(study):
         if check_paths and not Path(read.path).exists():
             raise StudyError(f"{path}: {read.field}: {read.path} does not exist")
@@ -111,6 +117,42 @@ def _at_scale(raw: dict, scales: dict, scale: str, path: Path, check_paths: bool
         if problem:
             raise StudyError(f"{path}: {read.field}: {problem}")
     return study
+
+
+# What a trial never reads, by evaluation protocol; and of pre-training, without a pre-training
+# stage, all but the method, the weights and what evaluation takes from it (stride, crop scales).
+UNUSED_BY_PROTOCOL = {"linear": ("knn_k", "finetune"), "knn": ("epochs", "lr", "weight_decay", "finetune"),
+                      "finetune": ("knn_k", "epochs", "lr", "weight_decay", "features")}
+READ_WITHOUT_PRETRAINING = ("method", "init", "stride", "scales")
+
+
+def unused_settings(experiment: Experiment) -> list[str]:
+    """The dotted paths a trial of `experiment` never reads."""
+    unused = [f"evaluate.{name}" for name in UNUSED_BY_PROTOCOL[experiment.evaluate.protocol]]
+    if not experiment.pretrain.trains:
+        unused += [f"pretrain.{name}" for name in PretrainSpec.model_fields if name not in READ_WITHOUT_PRETRAINING]
+    return unused
+
+
+def repeated_points(study: Study) -> list[str]:
+    """Grid points that differ only in settings their trials never read (e.g. a mask ratio swept
+    over pretrained weights): each runs the same trials, and every seed's result would count twice."""
+    seen: dict[str, dict] = {}
+    notes = []
+    for point in study.sweep.grid_points() if study.sweep.method == "grid" else []:
+        experiment = study.experiment(point)
+        settings = experiment.model_dump()
+        for name in unused_settings(experiment):
+            set_path(settings, name, None)
+        key = json.dumps(settings, sort_keys=True, default=str)
+        if key not in seen:
+            seen[key] = point
+            continue
+        first = seen[key]
+        varied = sorted(name for name in {**first, **point} if first.get(name) != point.get(name))
+        notes.append(f"grid points {json.dumps(first)} and {json.dumps(point)} run the same trials: their "
+                     f"method or protocol never reads {', '.join(varied)}")
+    return notes
 
 
 def _absolute_paths(raw: dict, base: Path) -> None:

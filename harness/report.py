@@ -183,7 +183,8 @@ def planned_trials(run_dir: Path) -> int | None:
 
 def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path) -> Path | None:
     """The best pre-trained trial's reconstructions, made from its checkpoint while the run
-    folder has it; a gallery made earlier is kept for reports rebuilt from copied rows."""
+    folder has it. A report rebuilt from copied rows keeps the gallery made with them: the one
+    already at `out`, or the one beside the rows' folder (a report's own `<run>_gallery.png`)."""
     from .gallery import gallery_png  # torch and the model: not for `harness status` and `ls`
 
     ok = trials[(trials["status"] == "ok") & trials["pretrain_loss"].notna()]
@@ -191,6 +192,9 @@ def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path) -> Path | None:
         made = gallery_png(run_dir, ok.sort_values(METRIC, ascending=False).iloc[0], out)
         if made:
             return made
+    beside_rows = run_dir.parent / out.name
+    if not out.exists() and beside_rows.is_file():
+        shutil.copyfile(beside_rows, out)
     return out if out.exists() else None
 
 

@@ -29,6 +29,7 @@ class TrialRecorder(Callback):
     def __init__(self, study: Study, run_dir: Path, total: int, table_every_s: float = 60.0):
         self.study, self.run_dir, self.total = study, run_dir, total
         self.finished, self.latest = 0, {}  # trial id -> its last progress report
+        self.resumed: set[str] = set()  # trials said to resume, in this session
         self.started, self.table_every_s, self.last_table = time.monotonic(), table_every_s, time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -52,6 +53,11 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         label, stage = _label(trial.config), result.get("stage")
         self.latest[trial.trial_id] = result
+        if stage == "pretrain" and result.get("resumed_from_epoch") and trial.trial_id not in self.resumed:
+            self.resumed.add(trial.trial_id)
+            epoch = result["resumed_from_epoch"]
+            print(f"  [{label}] resumed: " + ("its pre-training had finished" if result.get("epoch") == epoch else
+                                              f"pre-training goes on from its epoch {epoch} checkpoint"), flush=True)
         if stage in ("pretrain", "finetune") and shown_epoch(result["epoch"], result["total_epochs"]):
             print(f"  [{label}] {stage} epoch {result['epoch']}/{result['total_epochs']}"
                   f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)

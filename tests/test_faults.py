@@ -208,9 +208,11 @@ def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluste
     assert status_table(run_dir).startswith("interrupted (cpu scale): 0 of 2 trials recorded\nno trial has finished")
     wait_until_released(cluster.address)
 
-    assert "resuming" in run(study, cluster, tmp_path)
+    rerun = run(study, cluster, tmp_path)
     after = check_complete(run_dir, pd.DataFrame({"trial_id": [], "finished_at": []}), 2, 16)
-    assert (after.loc[sorted(interrupted), "resumed_from_epoch"] >= 1).all()
+    assert "resuming" in rerun and (after.loc[sorted(interrupted), "resumed_from_epoch"] >= 1).all()
+    for epoch in after.loc[sorted(interrupted), "resumed_from_epoch"]:  # each trial says where it goes on from
+        assert f"] resumed: pre-training goes on from its epoch {epoch} checkpoint" in rerun, rerun[-3000:]
 
 
 def test_a_second_run_of_a_running_study_is_refused(tmp_path, cluster):

@@ -182,9 +182,10 @@ def set_aside(run_dir: str | Path) -> Path | None:
 def not_a_run(folder: Path) -> str:
     """Why `folder`, holding no trials, is no study's run folder ("" if it may be one not yet
     recorded: empty, or with the study.json a run writes first)."""
-    if (folder / STUDY_FILE).exists() or not any(folder.iterdir()):
+    entries = list(folder.iterdir())
+    if (folder / STUDY_FILE).exists() or not entries:
         return ""
-    runs = sorted(p.name for p in folder.iterdir() if (p / TRIALS_FILE).exists() or (p / STUDY_FILE).exists())
+    runs = sorted(p.name for p in entries if (p / TRIALS_FILE).exists() or (p / STUDY_FILE).exists())
     if runs:
         return (f"a runs folder, holding the run folders of {', '.join(runs[:4])}{' ...' if len(runs) > 4 else ''}: "
                 f"name one (e.g. {folder / runs[0]})")
@@ -197,8 +198,8 @@ def read_trials(run_dir: str | Path) -> pd.DataFrame:
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder (`harness ls RUNS` lists the studies run there)")
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: {not_a_run(Path(run_dir))}" if not_a_run(Path(run_dir))
-                                else f"{path}: no results yet (run the study first)")
+        why = not_a_run(Path(run_dir))
+        raise FileNotFoundError(f"{run_dir}: {why}" if why else f"{path}: no results yet (run the study first)")
     return pd.read_parquet(path)
 
 

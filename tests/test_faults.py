@@ -230,7 +230,7 @@ def test_a_second_run_of_a_running_study_is_refused(tmp_path, cluster):
     code, output = finish(first)
     assert code == 0, output[-5000:]
     check_complete(run_dir, pd.DataFrame({"trial_id": [], "finished_at": []}), 2, 16)
-    assert "resuming" in run(study, cluster, tmp_path)  # the lock went with the first run
+    assert "nothing left to run" in run(study, cluster, tmp_path)  # the lock went with the first run
     assert len(rows(run_dir)) == 2
 
 

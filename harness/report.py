@@ -325,10 +325,10 @@ def runs_table(runs_root: Path) -> str:
     run_dirs = sorted(p for p in runs_root.glob("*") if (p / TRIALS_FILE).exists() or (p / STUDY_FILE).exists())
     lines, width = [], max([24] + [len(run_dir.name) for run_dir in run_dirs])  # --restart's names are longer
     for run_dir in run_dirs:
-        planned = planned_trials(run_dir)
+        study = saved_study(run_dir)
+        planned = study.trial_count() if study else None
         if not (run_dir / TRIALS_FILE).exists():
-            count, study = f"0/{planned}" if planned else "0", saved_study(run_dir)
-            scale = study.scale if study else "?"
+            count, scale = f"0/{planned}" if planned else "0", study.scale if study else "?"
             lines.append(f"{run_dir.name:{width}s} {scale:6s} {count:>7s} trials  no trial has finished yet")
             continue
         trials = read_trials(run_dir)

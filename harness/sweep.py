@@ -148,7 +148,7 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
         raise StudyError(f"{where}{run_dir} holds a run of this study with other "
                          f"settings ({', '.join(changed[:4])}{more}): --restart moves it aside and starts "
                          f"over; --runs DIR runs this one elsewhere")
-    if not restart and not added and all_recorded(run_dir, study):
+    if not restart and not added and recorded_count(run_dir, study.seeds) >= study.trial_count():  # a failed row runs again
         print(f"all {study.trial_count()} trials of {study.name} are recorded in {run_dir}: nothing left to run "
               "(--restart runs them again)", flush=True)
         return run_dir, 0, 0
@@ -218,16 +218,6 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
     print(f"{done} trial{'s' if done != 1 else ''} finished, {failed} failed; "
           + (f"results: {results}" if results.exists() else "no results yet"), flush=True)
     return run_dir, failed, unfinished
-
-
-def all_recorded(run_dir: Path, study: Study) -> bool:
-    """Whether every trial of the study has its row, none of them failed (a rerun runs a failed
-    trial again): then a rerun has nothing to do, and needs no Ray."""
-    path = run_dir / TRIALS_FILE
-    if not path.exists():
-        return False
-    rows = pd.read_parquet(path, columns=["status"])
-    return len(rows) >= study.trial_count() and not (rows["status"] == "failed").any()
 
 
 def make_tuner(study: Study, experiment: dict, trainable: Any, ray_storage: Storage, plan: dict[str, Any],

@@ -210,9 +210,10 @@ def _check(args: argparse.Namespace) -> int:
     source = absolute_source(args.source, Path.cwd())
     try:
         table = resolve_source(source, progress=_progress)
-    except DataError as error:  # named once: most messages name the source already
-        named = source.split("?")[0] in str(error)
-        raise DataError(f"data check{'' if named else ' ' + args.source}: {error}") from None
+    except DataError as error:  # the source named once, first
+        message = str(error).removeprefix(f"{source}: ")
+        named = message == str(error) and source.split("?")[0] in message
+        raise DataError(f"data check{'' if named else ' ' + source}: {message}") from None
     print(f"{source}: {holding(table)}", flush=True)
     lines, readable = inspect_source(table, args.decode, progress=_progress if args.decode >= 100 else None)
     for line in lines:

@@ -17,7 +17,7 @@ from .findings import METRIC
 from .gallery import is_missing, pretrain_run, pretrained_model
 from .report import saved_study
 from .results import read_trials
-from .study import StudyError
+from .study import Experiment, StudyError
 
 FORMATS = ("hf", "official")
 PROVENANCE_FILE = "harness.json"  # which study, trial and result the weights came from
@@ -54,7 +54,8 @@ def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = 
         written = [out / "checkpoint.pth"]
     else:
         raise StudyError(f"export: --format {fmt}: choose from {', '.join(FORMATS)}")
-    (out / PROVENANCE_FILE).write_text(json.dumps(provenance(study.name, run_dir, row), indent=2, default=str) + "\n")
+    facts = provenance(study.name, run_dir, row, experiment)
+    (out / PROVENANCE_FILE).write_text(json.dumps(facts, indent=2, default=str) + "\n")
     return row, [*written, out / PROVENANCE_FILE]
 
 
@@ -66,6 +67,13 @@ def chosen_trial(trials: pd.DataFrame, trial: str | None, run_dir: Path) -> pd.S
         if finished.empty:
             raise StudyError(f"{run_dir}: no finished trial pre-trained a model (scratch and pretrained "
                              "trials have none of their own)")
+        scored_on = sorted(finished["evaluate.source"].unique()) if "evaluate.source" in finished else []
+        if len(scored_on) > 1:  # a transfer study: top-1 on one dataset does not rank against another's
+            best = finished.sort_values(METRIC, ascending=False, kind="stable").groupby("evaluate.source").head(1)
+            each = "; ".join(f"on {source}: --trial {trial_id} ({METRIC} {score:.4f})" for source, trial_id, score
+                             in sorted(zip(best["evaluate.source"], best["trial_id"], best[METRIC])))
+            raise StudyError(f"{run_dir}: its trials are scored on {len(scored_on)} datasets, whose {METRIC} do not "
+                             f"rank against each other: name the trial to export; the best {each}")
         return finished.sort_values(METRIC, ascending=False, kind="stable").iloc[0]  # a tie: the first recorded
     rows = trials[trials["trial_id"] == trial]
     if rows.empty:
@@ -84,11 +92,17 @@ def summary(row: pd.Series) -> str:
     return f"trial {row['trial_id']} ({point or 'the study as written'}, seed {row['seed']}; {result})"
 
 
-def provenance(study: str, run_dir: Path, row: pd.Series) -> dict[str, Any]:
-    """The study, trial, its sweep point and results: what a reader of the weights asks first."""
+def provenance(study: str, run_dir: Path, row: pd.Series, experiment: Experiment) -> dict[str, Any]:
+    """The study, trial, its sweep point and results, and the model and pre-training the weights
+    came from (data, epochs, mask, loss): what a reader of the weights asks first."""
     facts = {"study": study, "run": str(Path(run_dir).absolute()), "trial_id": row["trial_id"]}
+    shared = not is_missing(row.get("pretrain_shared_from"))
     for name, value in row.items():
         if name in facts or name.endswith("_curve") or value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
             continue
+        if shared and name == "pretrain_time_s":  # the time of reading the shared checkpoint: not pre-training's
+            continue
         facts[name] = value.tolist() if hasattr(value, "tolist") else value  # numpy -> json
+    facts["model"] = experiment.model.model_dump(mode="json")
+    facts["pretrain"] = experiment.pretrain.model_dump(mode="json")
     return facts

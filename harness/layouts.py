@@ -4,13 +4,14 @@
 - `ssv2:DIR`, Something-Something v2: `labels/labels.json` (template -> class number) and
   `labels/train.json`, `labels/validation.json` (records of `id` and `template`, whose
   `[something]` brackets are dropped to name the class, as the VideoMAE and MMAction2 converters
-  do); the videos `<id>.webm` in `20bn-something-something-v2/` (or `videos/`, or DIR itself).
+  do); the videos `<id>.webm` (or another video format, as a transcoded copy) in
+  `20bn-something-something-v2/` (or `videos/`, or DIR itself).
   `test.json` has no labels and is not read. 20BN's first release's names
   (`something-something-v2-train.json`, ...) are read too.
 - `kinetics:DIR`, Kinetics-400/600/700 as the CVDF download (github.com/cvdfoundation/kinetics-dataset)
   unpacks: `annotations/{train,val,test}.csv` (`label,youtube_id,time_start,time_end,split`) and
   the videos `<split>/<youtube_id>_<start:06d>_<end:06d>.mp4` (found in sub-folders too, and by
-  their YouTube id if named otherwise), a copy in `replacement/replacement_for_corrupted_k400/`
+  their YouTube id if named otherwise and the id names one annotated clip), a copy in `replacement/replacement_for_corrupted_k400/`
   taken first. Classes are numbered in sorted order.
 
 `?root=DIR` reads the videos from DIR instead. The annotations list every clip ever published;
@@ -39,8 +40,9 @@ def ssv2_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:
         raise DataError(f"ssv2:{root}: no labels/labels.json (the template -> class table of the SSV2 download)")
     classes = {template: int(number) for template, number in _json(class_file).items()}
     if videos is None:
-        videos = next((root / f for f in SSV2_VIDEO_FOLDERS if (root / f).is_dir() and any((root / f).glob("*.webm"))),
+        videos = next((root / f for f in SSV2_VIDEO_FOLDERS if (root / f).is_dir() and _video_names(root / f)),
                       root / SSV2_VIDEO_FOLDERS[0])
+    by_id = _video_names(videos)
     rows = []
     for role, split_name in SSV2_SPLITS.items():
         records = _ssv2_file(labels_dir, role)
@@ -50,10 +52,18 @@ def ssv2_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:
             template = record["template"].replace("[", "").replace("]", "")
             if template not in classes:
                 raise DataError(f"{records} record {number}: no class for {template!r} in {class_file}")
-            rows.append((str(videos / f"{record['id']}.webm"), classes[template], split_name))
+            video = by_id.get(str(record["id"]), videos / f"{record['id']}.webm")
+            rows.append((str(video), classes[template], split_name))
     if not rows:
         raise DataError(f"ssv2:{root}: neither labels/train.json nor labels/validation.json is there")
     return _present(pd.DataFrame(rows, columns=COLUMNS), f"ssv2:{root}", videos)
+
+
+def _video_names(folder: Path) -> dict[str, Path]:
+    """The videos directly in a folder by name without suffix (SSV2's are `<id>.webm`)."""
+    if not folder.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(folder.iterdir()) if path.suffix.lower() in VIDEO_SUFFIXES}
 
 
 def _ssv2_file(labels_dir: Path, role: str) -> Path | None:
@@ -82,10 +92,11 @@ def kinetics_manifest(root: Path, videos: Path | None = None) -> pd.DataFrame:
     folder = videos or root
     replacements = _Clips(root / KINETICS_REPLACEMENTS if videos is None else None)
     by_split = {name: _Clips(folder / name) for name in set(table["split"])}
+    clips_of_id = table["youtube_id"].value_counts()
     rows = []
     for label, youtube_id, start, end, split_name in table[["label", "youtube_id", "time_start", "time_end",
                                                              "split"]].itertuples(index=False):
-        clip = (youtube_id, int(start), int(end))
+        clip = (youtube_id, int(start), int(end), clips_of_id[youtube_id] == 1)
         path = replacements.find(*clip) or by_split[split_name].find(*clip)
         if path:
             rows.append((str(path), classes[str(label)], split_name))
@@ -111,8 +122,10 @@ class _Clips:
                 self.by_name[path.stem] = path
                 self.by_id.setdefault(path.stem[:11], []).append(path)
 
-    def find(self, youtube_id: str, start: int, end: int) -> Path | None:
-        same_id = self.by_id.get(youtube_id, [])
+    def find(self, youtube_id: str, start: int, end: int, by_id: bool = True) -> Path | None:
+        """The clip's video; by its id alone only if `by_id` (the id names one annotated clip:
+        else one video would stand for two clips, perhaps of two classes)."""
+        same_id = self.by_id.get(youtube_id, []) if by_id else []
         return self.by_name.get(f"{youtube_id}_{start:06d}_{end:06d}") or (same_id[0] if len(same_id) == 1 else None)
 
 

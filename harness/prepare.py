@@ -70,7 +70,15 @@ def holding(table: pd.DataFrame) -> str:
     counts = ", ".join(f"{name} {splits[name]:,}" for name in SPLITS if name in splits)
     left_out = table.attrs.get("left_out")  # annotated clips whose video is not there (harness/layouts.py)
     gone = f"; {left_out:,} annotated clip(s) without a video here left out" if left_out else ""
-    return f"{len(table):,} clips of {table['label'].nunique()} classes ({counts}){gone}"
+    labels = table["label"]
+    unused = int(labels.max()) + 1 - labels.nunique() if len(labels) else 0
+    gaps = (f"; labels run {labels.min()} to {labels.max()}: {unused} of the {labels.max() + 1} numbers from 0 "
+            f"{'has' if unused == 1 else 'have'} no clip (the classifier has an output for each)") if unused else ""
+    return f"{_count(len(table), 'clip')} of {_count(labels.nunique(), 'class')} ({counts}){gone}{gaps}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}{'es' if noun.endswith('s') else 's'}"
 
 
 def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
@@ -85,6 +93,12 @@ def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
     for name, rows in table.groupby("split", sort=False)["label"]:
         if rows.nunique() < classes:  # e.g. a partial download: scores on it cannot reach every class
             lines.append(f"  {name}: clips of {rows.nunique()} of the {classes} classes")
+    for label, name in table.attrs.get("empty_classes", []):
+        lines.append(f"  class folder {name} (label {label}) holds no video")
+    in_two = table[table.duplicated("path", keep=False)]["path"].drop_duplicates()
+    if len(in_two):  # the evaluation of this source would refuse them (read_problem)
+        lines.append(f"  {_count(len(in_two), 'clip')} in more than one split, e.g. {in_two.iloc[0]}: "
+                     "an evaluation scored on this source would refuse it")
     missing = [path for path in table["path"] if not Path(path).is_file()]
     if missing:
         lines.append(f"  missing: {len(missing):,} of {len(table):,} files, e.g. {', '.join(missing[:show])}")
@@ -105,7 +119,7 @@ def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
         smallest, largest = (f"{width}x{height}" for width, height in (by_area[0], by_area[-1]))
         lines.append(f"  decoded {len(probes)} of {len(sample)} sampled clips: {_range(smallest, largest)} px, "
                      f"{_range(min(lengths), max(lengths))} frames, {_range(f'{min(rates):.3g}', f'{max(rates):.3g}')} fps")
-    return lines + bad, not missing and not bad
+    return lines + bad, not missing and not bad and in_two.empty
 
 
 @contextmanager

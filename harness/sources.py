@@ -4,20 +4,21 @@
 - `synth:<domain>`: generated and cached on first use (harness/synth.py).
 - `folder:DIR`: one sub-folder per class (UCF101/HMDB51 style). Splits come from `train/`,
   `val/`, `test/` sub-trees, or from split files `train.txt`, `val.txt`, `test.txt` (or .csv) in
-  DIR listing paths relative to DIR (first column), or from the official split files as they
-  unpack: UCF101's `trainlist0N.txt`/`testlist0N.txt` (in DIR or DIR/ucfTrainTestlist) and
-  HMDB51's `<class>_test_splitN.txt` (in DIR or DIR/testTrainMulti_7030_splits), split 1 unless
-  `?split=N`; without any, every file is `train`.
+  DIR listing paths relative to DIR (a trailing label number ignored), or from the official split
+  files as they unpack: UCF101's `trainlist0N.txt`/`testlist0N.txt` (in DIR, or in a
+  ucfTrainTestlist/ in or beside it) and HMDB51's `<class>_test_splitN.txt` (likewise in
+  testTrainMulti_7030_splits/), split 1 unless `?split=N` (refused if not there); without any,
+  every file is `train`.
 - `list:FILE` or `list:DIR`: the official VideoMAE list files, one `path label` per line,
-  separated by spaces or a comma, no header (a header line is skipped; with more columns the
-  first is the path and the last the label). A DIR holds train/val/test `.csv` or `.txt` lists.
+  separated by spaces or a comma (if every line has one), no header (a header line is skipped;
+  with more columns the first is the path and the last the label). A DIR holds train/val/test `.csv` or `.txt` lists.
   The split of a single file is its name (train/val/test), else train.
 - `manifest:FILE`: a CSV or Parquet table with a header: `path`, `label` (integers, or class
   names mapped to their sorted order) and optionally `split` (default train).
 - `ssv2:DIR`, `kinetics:DIR`: Something-Something v2's and Kinetics' own annotations as their
   downloads unpack (harness/layouts.py).
 
-Relative paths are taken from the list's or manifest's folder; append `?root=DIR` to the
+A video listed twice in a split, or under two labels, is refused. Relative paths are taken from the list's or manifest's folder; append `?root=DIR` to the
 source (`list:/data/ssv2/train.csv?root=/mnt/ssv2/videos`) to read them from DIR instead.
 """
 from __future__ import annotations
@@ -115,57 +116,102 @@ def resolve_source(source: str, synth: SynthParams | None = None,
         table["path"] = [str(manifest.parent / p) for p in table["path"]]
         return table
     if scheme == "folder":
-        table = _folder_manifest(path, int(options.get("split", 1)))
+        table = _folder_manifest(path, int(options.get("split", 1)), explicit_split="split" in options)
         if table.empty:
             raise DataError(f"{source}: no videos in class folders: a folder: source holds a folder of videos per "
                             f"class (ROOT/CLASS/VIDEO), or train and val folders of them (ROOT/train/CLASS/VIDEO)"
                             + (f"; this one has a manifest: read it with manifest:{path / 'manifest.csv'}"
                                if (path / "manifest.csv").is_file() else ""))
-        return table
+        return _listed_once(table, source)
     if scheme in ("ssv2", "kinetics"):
         from .layouts import kinetics_manifest, ssv2_manifest  # they build on this module
-        return (ssv2_manifest if scheme == "ssv2" else kinetics_manifest)(path, Path(root) if root else None)
+        table = (ssv2_manifest if scheme == "ssv2" else kinetics_manifest)(path, Path(root) if root else None)
+        return _listed_once(table, source)
     table = _list_manifest(path, Path(root) if root else None) if scheme == "list" else \
         _table_manifest(path, Path(root) if root else path.parent)
     if (table["label"] < 0).any():  # a head has no class -1: the trial would fail in its first step
         raise DataError(f"{source}: label {table['label'].min()} of {table['path'][table['label'].idxmin()]} "
                         "is negative; labels count from 0")
+    return _listed_once(table, source)
+
+
+def _listed_once(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The manifest, if no video is listed twice in one split or under two labels (a list made
+    wrong, or joined from two): a repeated clip would count twice in training and in the score.
+    A clip in two splits is left to the stage that reads both (prepare.read_problem)."""
+    repeated = table[table.duplicated(["path"], keep=False)]
+    if repeated.empty:
+        return table
+    for path, rows in repeated.groupby("path", sort=False):
+        labels = sorted(set(rows["label"]))
+        if len(labels) > 1:
+            raise DataError(f"{source}: {path} is listed under {len(labels)} labels ({', '.join(map(str, labels))}); "
+                            "a video has one class")
+    twice = repeated[repeated.duplicated(["path", "split"], keep=False)]
+    if len(twice):
+        paths = twice["path"].drop_duplicates()
+        raise DataError(f"{source}: {len(paths)} video(s) listed more than once in the {twice['split'].iloc[0]} "
+                        f"split, e.g. {paths.iloc[0]}; list each once")
     return table
 
 
-def _folder_manifest(root: Path, split_number: int = 1) -> pd.DataFrame:
+def _folder_manifest(root: Path, split_number: int = 1, explicit_split: bool = False) -> pd.DataFrame:
     split_roots = {name: root / name for name in SPLITS if (root / name).is_dir()}
+    split_files = {name: f for name in SPLITS for f in (root / f"{name}.txt", root / f"{name}.csv") if f.is_file()}
+    official = None if split_roots or split_files else _official_split(root, split_number)
+    if explicit_split and official is None:
+        raise DataError(f"folder:{root}?split={split_number}: no split {split_number} files "
+                        f"(UCF101's trainlist{split_number:02d}.txt and testlist{split_number:02d}.txt, or HMDB51's "
+                        f"<class>_test_split{split_number}.txt) in {root}, its ucfTrainTestlist/ or "
+                        f"testTrainMulti_7030_splits/, or beside it")
     if split_roots:
         classes = sorted({d.name for r in split_roots.values() for d in _class_folders(r)})
         rows = [(str(f), classes.index(d.name), name) for name, split_root in split_roots.items()
                 for d in _class_folders(split_root) for f in _videos(d)]
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return _with_empty_classes(pd.DataFrame(rows, columns=COLUMNS), classes)
     classes = [d.name for d in _class_folders(root)]
-    split_files = {name: f for name in SPLITS for f in (root / f"{name}.txt", root / f"{name}.csv") if f.is_file()}
-    listed = ([(Path(parts[0]), name, f"{split_file} line {number}") for name, split_file in split_files.items()
-               for number, parts in _lines(split_file)] if split_files else _official_split(root, split_number))
+    listed = ([(Path(_listed_path(parts)), name, f"{split_file} line {number}")
+               for name, split_file in split_files.items() for number, parts in _lines(split_file)]
+              if split_files else official)
     if listed is None:
         rows = [(str(f), label, "train") for label, name in enumerate(classes) for f in _videos(root / name)]
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return _with_empty_classes(pd.DataFrame(rows, columns=COLUMNS), classes)
     rows = []
     for relative, name, where in listed:
         if relative.parts[0] not in classes:
-            raise DataError(f"{where}: {relative} is not under a class folder of {root}")
+            inside = next((d for d in _class_folders(root) if (d / relative.parts[0]).is_dir()), None)
+            hint = f": its class folders are in {inside}, so name folder:{inside}" if inside else ""
+            raise DataError(f"{where}: {relative} is not under a class folder of {root}{hint}")
         rows.append((str(root / relative), classes.index(relative.parts[0]), name))
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return _with_empty_classes(pd.DataFrame(rows, columns=COLUMNS), classes)
+
+
+def _with_empty_classes(table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """The table, with the class folders that hold no video (whose label numbers go unused) in
+    attrs["empty_classes"] as (label, name), for `harness data check` to name."""
+    used = set(table["label"])
+    table.attrs["empty_classes"] = [(label, name) for label, name in enumerate(classes) if label not in used]
+    return table
+
+
+def _listed_path(fields: list[str]) -> str:
+    """The path of a split file's line: every field but a trailing label number (UCF101's
+    trainlist has one), so that a path with spaces (Kinetics' class names) stays whole."""
+    return " ".join(fields[:-1] if len(fields) > 1 and fields[-1].isdigit() else fields)
 
 
 def _official_split(root: Path, number: int) -> list[tuple[Path, str, str]] | None:
     """(path relative to root, split, where it is listed) from UCF101's or HMDB51's split files
     for split `number`, where they unpack (in root or their own folder); None if there are none."""
-    for folder in (root, root / "ucfTrainTestlist"):
+    # where each zip unpacks: in the videos' folder, in a folder of its own there, or beside it
+    for folder in (root, root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist"):
         lists = {"train": folder / f"trainlist{number:02d}.txt", "test": folder / f"testlist{number:02d}.txt"}
         if all(f.is_file() for f in lists.values()):  # "Class/v_Class_g08_c01.avi [label]"
-            return [(Path(parts[0]), name, f"{f} line {n}") for name, f in lists.items() for n, parts in _lines(f)]
-    for folder in (root, root / "testTrainMulti_7030_splits"):
+            return [(Path(_listed_path(parts)), name, f"{f} line {n}") for name, f in lists.items() for n, parts in _lines(f)]
+    for folder in (root, root / "testTrainMulti_7030_splits", root.parent / "testTrainMulti_7030_splits"):
         files = sorted(folder.glob(f"*_test_split{number}.txt")) if folder.is_dir() else []
         if files:  # <class>_test_splitN.txt: "video.avi 1" train, 2 test, 0 in neither
-            return [(Path(f.name.removesuffix(f"_test_split{number}.txt")) / parts[0],
+            return [(Path(f.name.removesuffix(f"_test_split{number}.txt")) / " ".join(parts[:-1] or parts),
                      "train" if parts[-1] == "1" else "test", f"{f} line {n}")
                     for f in files for n, parts in _lines(f) if parts[-1] in ("1", "2")]
     return None
@@ -187,14 +233,14 @@ def _hidden(name: str) -> bool:
 
 
 def _lines(list_file: Path) -> list[tuple[int, list[str]]]:
-    """Non-empty lines as (line number, fields), split on a comma if the line has one."""
-    out = []
+    """Non-empty lines as (line number, fields): split on commas if every line has one (a CSV),
+    else on spaces, so that a file name holding a comma stays one path in a space-separated list."""
     # utf-8-sig: a list saved by Excel or Notepad starts with a byte-order mark, which would join the first path
-    for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        line = line.strip()
-        if line and not line.startswith("#"):
-            out.append((number, [p.strip() for p in (line.split(",") if "," in line else line.split())]))
-    return out
+    numbered = [(number, line.strip()) for number, line in
+                enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1)]
+    numbered = [(number, line) for number, line in numbered if line and not line.startswith("#")]
+    comma = bool(numbered) and all("," in line for _, line in numbered)
+    return [(number, [p.strip() for p in line.split(",")] if comma else line.split()) for number, line in numbered]
 
 
 def _list_manifest(location: Path, root: Path | None) -> pd.DataFrame:
@@ -214,9 +260,10 @@ def _read_list(list_file: Path, root: Path, split_name: str) -> pd.DataFrame:
         try:
             label = int(parts[-1])
         except ValueError:
-            if not rows and number == 1:
+            if not rows and number == 1 and not _names_a_video(parts):
                 continue  # a header line
-            raise DataError(f"{list_file} line {number}: label {parts[-1]!r} is not an integer") from None
+            raise DataError(f"{list_file} line {number}: label {parts[-1]!r} is not an integer: a list numbers its "
+                            "classes from 0 (class names go in a manifest: a CSV with path and label columns)") from None
         if len(parts) < 2:
             raise DataError(f"{list_file} line {number}: expected `path label`")
         if len(parts) == 3 and parts[1].isdigit():
@@ -224,6 +271,10 @@ def _read_list(list_file: Path, root: Path, split_name: str) -> pd.DataFrame:
                             "the harness decodes videos: list `video label`")
         rows.append((str(root / " ".join(parts[:-1])), label, split_name))  # a path may hold spaces
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _names_a_video(fields: list[str]) -> bool:
+    return any(suffix in field.lower() for field in fields for suffix in VIDEO_SUFFIXES)
 
 
 def _table_manifest(location: Path, root: Path) -> pd.DataFrame:

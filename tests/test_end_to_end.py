@@ -194,6 +194,8 @@ def test_export_writes_the_best_trials_model_for_transformers_and_the_official_c
     provenance = json.loads((workdir / "best" / "harness.json").read_text())
     assert provenance["trial_id"] == best and provenance["study"] == "mask_ratio"
     assert provenance["eval_top1"] == trials["eval_top1"].iloc[0]
+    assert provenance["pretrain"]["mask"]["ratio"] == trials["pretrain.mask.ratio"].iloc[0]  # what the weights saw
+    assert provenance["pretrain"]["source"].startswith("synth:") and provenance["model"]["preset"] == "tiny"
     done = harness("export", "runs/mask_ratio", "--trial", other, "--format", "official", "--out", "other", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (workdir / "other").iterdir()) == ["checkpoint.pth", "harness.json"]
@@ -300,6 +302,17 @@ def test_a_transfer_study_over_video_folders_in_the_public_datasets_formats(tmp_
     assert set(pretrained["pretrain.source"]) == {on_ucf, on_ssv2}
     assert pretrained["pretrain_loss"].between(0, 10).all()
     assert pretrained["pretrain_shared_from"].notna().sum() == 2  # one pre-training per source, reused
+    refused = harness("export", "runs/transfer", "--out", "best", cwd=tmp_path)  # best on which dataset?
+    assert refused.returncode == 2 and "scored on 2 datasets, whose eval_top1 do not rank" in refused.stderr
+    named = re.findall(r"on (\S+): --trial (\S+) \(eval_top1", refused.stderr)  # the best of each, to choose from
+    assert sorted(source for source, _ in named) == sorted({on_ucf, on_ssv2})
+    assert {trial for _, trial in named} <= set(trials["trial_id"])
+    reuser = pretrained[pretrained["pretrain_shared_from"].notna()].iloc[0]
+    exported = harness("export", "runs/transfer", "--trial", reuser["trial_id"], "--out", "reuser", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    provenance = json.loads((tmp_path / "reuser" / "harness.json").read_text())
+    assert provenance["pretrain_shared_from"] == reuser["pretrain_shared_from"]  # and not its time of reading it
+    assert "pretrain_time_s" not in provenance and provenance["pretrain"]["source"] == reuser["pretrain.source"]
     report = harness("report", "runs/transfer", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     page = (tmp_path / "reports" / "transfer.md").read_text()

@@ -93,6 +93,50 @@ def test_folder_leaves_out_hidden_files_and_macos_zip_metadata(tmp_path):
     assert table["label"].tolist() == [1, 0] and table["split"].tolist() == ["train", "val"]
 
 
+def test_folder_split_choice_and_where_the_official_zips_unpack(tmp_path):
+    """?split=N without its files is refused (it would read every clip as train); UCF101's split
+    zip unpacked beside the videos' folder is found; a folder above the class folders is named;
+    split-file paths may hold spaces; empty class folders are noted."""
+    ucf = tmp_path / "UCF101" / "UCF-101"  # UCF101.rar and UCF101TrainTestSplits-RecognitionTask.zip, side by side
+    _tree(ucf, ["Push Ups/v_1 a.avi", "Push Ups/v_2.avi", "Archery/v_3.avi"])
+    (ucf / "Zumba").mkdir()
+    lists = tmp_path / "UCF101" / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "trainlist01.txt").write_text("Push Ups/v_1 a.avi 2\nArchery/v_3.avi 1\n")
+    (lists / "testlist01.txt").write_text("Push Ups/v_2.avi\n")
+    table = resolve_source(f"folder:{ucf}")
+    assert [(Path(p).name, label, s) for p, label, s in table.itertuples(index=False)] == [
+        ("v_1 a.avi", 1, "train"), ("v_3.avi", 0, "train"), ("v_2.avi", 1, "test")]
+    assert table.attrs["empty_classes"] == [(2, "Zumba")]
+    lines, _ = __import__("harness.prepare", fromlist=["inspect_source"]).inspect_source(table, 0)
+    assert "  class folder Zumba (label 2) holds no video" in lines
+    with pytest.raises(DataError, match=r"folder:.*UCF-101\?split=2: no split 2 files \(UCF101's trainlist02.txt and "
+                                        r"testlist02.txt, or HMDB51's <class>_test_split2.txt\)"):
+        resolve_source(f"folder:{ucf}?split=2")
+    with pytest.raises(DataError, match=r"trainlist01.txt line 1: Push Ups/v_1 a.avi is not under a class folder of "
+                                        r".*UCF101: its class folders are in .*UCF-101, so name folder:.*UCF-101$"):
+        resolve_source(f"folder:{tmp_path / 'UCF101'}")
+
+
+def test_a_video_listed_twice_is_refused_and_unused_label_numbers_are_noted(tmp_path):
+    _tree(tmp_path, ["a.mp4", "b.mp4"])
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\na.mp4 1\n")
+    with pytest.raises(DataError, match=r"^list:.*train.txt: .*a.mp4 is listed under 2 labels \(0, 1\); a video has one class$"):
+        resolve_source(f"list:{tmp_path / 'train.txt'}")
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\na.mp4 0\n")
+    with pytest.raises(DataError, match=r"^list:.*train.txt: 1 video\(s\) listed more than once in the train split, "
+                                        r"e.g. .*a.mp4; list each once$"):
+        resolve_source(f"list:{tmp_path / 'train.txt'}")
+    (tmp_path / "m.csv").write_text("path,label,split\na.mp4,0,train\na.mp4,0,val\n")  # left to the stage reading both
+    assert len(resolve_source(f"manifest:{tmp_path / 'm.csv'}")) == 2
+    (tmp_path / "train.txt").write_text("a.mp4 1\nb.mp4 7\n")  # numbered from 1, or a class left out
+    assert holding(resolve_source(f"list:{tmp_path / 'train.txt'}")) == (
+        "2 clips of 2 classes (train 2); labels run 1 to 7: 6 of the 8 numbers from 0 have no clip "
+        "(the classifier has an output for each)")
+    (tmp_path / "train.txt").write_text("a.mp4 0\n")
+    assert holding(resolve_source(f"list:{tmp_path / 'train.txt'}")) == "1 clip of 1 class (train 1)"
+
+
 def test_official_list_files_space_comma_header_and_data_root(tmp_path):
     _tree(tmp_path / "videos", ["a.mp4", "b.mp4"])
     lists = tmp_path / "lists"
@@ -120,6 +164,13 @@ def test_official_list_files_space_comma_header_and_data_root(tmp_path):
     spaced = resolve_source(f"list:{lists / 'train.csv'}?root={tmp_path / 'videos'}")
     assert spaced["path"].tolist() == [str(tmp_path / "videos" / "my clip.mp4")] and spaced["label"][0] == 4
     check_files(spaced)
+    (lists / "train.csv").write_text("my clip.mp4 cat walk\n")  # class names: not taken for a header line
+    with pytest.raises(DataError, match=r"train.csv line 1: label 'walk' is not an integer: a list numbers its classes "
+                                        r"from 0 \(class names go in a manifest"):
+        resolve_source(f"list:{lists / 'train.csv'}")
+    (lists / "train.csv").write_text("take 1, 2.mp4 4\nb.mp4 5\n")  # a comma in a name, in a space-separated list
+    assert resolve_source(f"list:{lists / 'train.csv'}")[["path", "label"]].values.tolist() == [
+        [str(lists / "take 1, 2.mp4"), 4], [str(lists / "b.mp4"), 5]]
     (lists / "train.csv").write_text("frames/a 120 3\n")  # VideoMAE's rawframe lists: folder, frame count, label
     with pytest.raises(DataError, match="train.csv line 1: `path frames label` is a list of frame folders"):
         resolve_source(f"list:{lists / 'train.csv'}")
@@ -268,6 +319,10 @@ def test_something_something_v2_as_its_download_unpacks(tmp_path):
                                         r"\(e.g. .*11.webm\); name the videos' folder with \?root=DIR$"):
         resolve_source(f"ssv2:{tmp_path}")
     assert len(resolve_source(f"ssv2:{tmp_path}?root={tmp_path / 'elsewhere'}")) == 4
+    for id in (11, 12, 13, 21):  # a transcoded copy of the download: the same ids, another format
+        (tmp_path / "elsewhere" / f"{id}.webm").rename(tmp_path / "elsewhere" / f"{id}.mkv")
+    assert resolve_source(f"ssv2:{tmp_path}?root={tmp_path / 'elsewhere'}")["path"].tolist() == [
+        str(tmp_path / "elsewhere" / f"{id}.mkv") for id in (11, 12, 13, 21)]
     (labels / "validation.json").write_text(json.dumps([record("21", "Spinning [something]")]))
     with pytest.raises(DataError, match=r"validation.json record 1: no class for 'Spinning something' in .*labels.json$"):
         resolve_source(f"ssv2:{tmp_path}")
@@ -306,9 +361,13 @@ def test_kinetics_as_the_cvdf_download_unpacks(tmp_path):
     check_files(table)
     video, label = ClipDataset(table["path"], table["label"], num_frames=4, size=32)[0]
     assert video.shape == (3, 4, 32, 32) and label == 1
+    with open(annotations / "val.csv", "a") as val:  # a second clip of the same video, of another class
+        val.write("riding a bike,ab12cd34ef5,20,30,val\n")
+    twice = resolve_source(f"kinetics:{tmp_path}")  # so the video named by id alone stands for neither
+    assert len(twice) == 2 and twice.attrs["left_out"] == 3
     shutil.move(tmp_path / "train", tmp_path / "videos")
     shutil.rmtree(tmp_path / "replacement")
-    with pytest.raises(DataError, match=r"none of the 4 annotated clips has a video in .*/\{train,val,test\} "
+    with pytest.raises(DataError, match=r"none of the 5 annotated clips has a video in .*/\{train,val,test\} "
                                         r"\(e.g. -3B32lodo2M_\*.mp4\); name the videos' folder with \?root=DIR$"):
         resolve_source(f"kinetics:{tmp_path}?root={tmp_path / 'videos'}")
     (annotations / "val.csv").write_text("label,youtube,start,end\nabseiling,ab12cd34ef5,0,10\n")
@@ -343,11 +402,15 @@ def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capfd):
     assert capfd.readouterr().out.splitlines()[1] == "  decoded 2 of 2 sampled clips: 176x144 px, 120 frames, 30 fps"
     (tmp_path / "lists").mkdir()
     shutil.move(tmp_path / "list.txt", tmp_path / "lists" / "train.txt")
-    (tmp_path / "lists" / "val.txt").write_text("ucf/Run/b.mp4 1\n")  # a split without every class is noted
+    (tmp_path / "lists" / "val.txt").write_text("ucf/Jump/c.mp4 1\n")  # a split without every class is noted
     assert main(["data", "check", f"list:{tmp_path / 'lists'}?root={tmp_path}", "--decode", "0"]) == 0
     assert capfd.readouterr().out.splitlines()[1:] == ["  val: clips of 1 of the 2 classes"]  # and no file missing or bad
+    (tmp_path / "lists" / "val.txt").write_text("ucf/Run/b.mp4 1\n")  # a clip also in train: what a run would refuse
+    assert main(["data", "check", f"list:{tmp_path / 'lists'}?root={tmp_path}", "--decode", "0"]) == 1
+    assert capfd.readouterr().out.splitlines()[2] == (f"  1 clip in more than one split, e.g. {tmp_path / 'ucf/Run/b.mp4'}: "
+                                                      "an evaluation scored on this source would refuse it")
     assert main(["data", "check", f"kinetics:{tmp_path / 'ucf'}"]) == 2
-    assert capfd.readouterr().err == (f"harness: data check: kinetics:{tmp_path / 'ucf'}: "
+    assert capfd.readouterr().err == (f"harness: data check kinetics:{tmp_path / 'ucf'}: "
                                        "no annotations/train.csv, val.csv or test.csv (the CVDF download's layout)\n")
     assert main(["data", "check", "ssv2:/no/such/dir"]) == 2
     assert capfd.readouterr().err == "harness: data check ssv2:/no/such/dir: data path /no/such/dir does not exist\n"
@@ -355,7 +418,7 @@ def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capfd):
         (folder / "train").mkdir(parents=True)
     (tmp_path / "synth" / "manifest.csv").write_text("path,label,split\n")
     assert main(["data", "check", f"folder:{tmp_path / 'empty'}"]) == 2
-    assert capfd.readouterr().err == (f"harness: data check: folder:{tmp_path / 'empty'}: no videos in class folders: a "
+    assert capfd.readouterr().err == (f"harness: data check folder:{tmp_path / 'empty'}: no videos in class folders: a "
                                       "folder: source holds a folder of videos per class (ROOT/CLASS/VIDEO), or train "
                                       "and val folders of them (ROOT/train/CLASS/VIDEO)\n")
     assert main(["data", "check", f"folder:{tmp_path / 'synth'}"]) == 2

@@ -26,9 +26,9 @@ ROW_METRICS = ("pretrain_loss", "pretrain_loss_curve", "pretrain_clips_per_s", "
 class TrialRecorder(Callback):
     """Prints progress and writes each finished trial's row to trials.parquet at once."""
 
-    def __init__(self, study: Study, run_dir: Path, total: int, table_every_s: float = 60.0):
+    def __init__(self, study: Study, run_dir: Path, total: int, recorded: int = 0, table_every_s: float = 60.0):
         self.study, self.run_dir, self.total = study, run_dir, total
-        self.finished, self.latest = 0, {}  # trial id -> its last progress report
+        self.finished, self.latest = recorded, {}  # trials done, those of earlier sessions too; trial id -> its last report
         self.resumed: set[str] = set()  # trials said to resume, in this session
         self.started, self.table_every_s, self.last_table = time.monotonic(), table_every_s, time.monotonic()
 
@@ -67,7 +67,7 @@ class TrialRecorder(Callback):
             outcome = (f"eval top-1 {result['eval_top1']:.3f}" if result.get("status", "ok") == "ok"
                        else f"{result['status'].upper()}: {result.get('reason')}")
             print(f"  [{label}] done: {outcome} in {result['wall_time_s']:.0f} s "
-                  f"({self.finished}/{self.total} this session)", flush=True)
+                  f"({self.finished}/{self.total} done)", flush=True)
             if result.get("skipped_files"):
                 print(f"  [{label}] {skipped_text(result['skipped_files'])}", flush=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,32 +77,51 @@ class Storage:
             raise StorageError(f"--storage {self.describe()}: cannot write there: {error}") from None
 
 
-def remember_storage(run_dir: Path, location: str | None) -> None:
-    """Note `--storage` in the run folder (user:password@ left out), for reports' galleries."""
+def remember_storage(run_dir: Path, location: str | None, folder: str | None = None) -> None:
+    """Note `--storage` and the run's folder in it in the run folder (user:password@ left out),
+    for reruns and reports' galleries."""
     record = run_dir / STORAGE_FILE
     if location is None:
         record.unlink(missing_ok=True)
     else:
-        record.write_text(json.dumps({"location": _without_credentials(location)}))
+        record.write_text(json.dumps({"location": _without_credentials(location), "folder": folder}))
 
 
-def resumed_storage(run_dir: Path, location: str | None) -> str | None:
-    """The `--storage` a rerun of the study in `run_dir` uses: the one its run started with, as
-    Tune's state is there (omitted: that one). Asking for another would start every trial again
-    beside the recorded ones, so it is refused (StorageError)."""
+def resumed_storage(run_dir: Path, location: str | None) -> tuple[str | None, str | None]:
+    """The `--storage` a rerun of the study in `run_dir` uses, and its run's folder there (None:
+    a new run, which gets a folder of its own): the one its run started with, as Tune's state is
+    there (omitted: that one). Asking for another would start every trial again beside the
+    recorded ones, so it is refused (StorageError)."""
     record = run_dir / STORAGE_FILE
-    before = json.loads(record.read_text())["location"] if record.exists() else None
+    before = json.loads(record.read_text()) if record.exists() else None
     if before is None and not (run_dir / "tune").exists():
-        return location  # nothing to resume
+        return (normal_location(location) if location else None), None  # nothing to resume
     if location is None:
-        return before
+        return (before["location"], before.get("folder") or run_dir.name) if before else (None, None)
     if before is None:
         raise StorageError(f"--storage {location}: {run_dir} keeps its checkpoints and trial state in the run "
                            f"folder; leave out --storage to resume it, or add --restart")
-    if _without_credentials(location) != before:
-        raise StorageError(f"--storage {location}: {run_dir} keeps its checkpoints and trial state in {before}; "
-                           f"give that to resume it, or add --restart")
-    return location
+    if _without_credentials(normal_location(location)) != before["location"]:
+        raise StorageError(f"--storage {location}: {run_dir} keeps its checkpoints and trial state in "
+                           f"{before['location']}; give that to resume it, or add --restart")
+    return normal_location(location), before.get("folder") or run_dir.name  # older runs: named as the study
+
+
+def new_storage_folder(study: str) -> str:
+    """The folder of a new run of `study` in a --storage, its own: another run folder of the same
+    study, or a --restart, given the same storage must not resume (or share pre-training with) it."""
+    return f"{study}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+def normal_location(location: str) -> str:
+    """One spelling per storage: a local path absolute (a rerun or report from another folder
+    reads the same one), file:// as a path, no trailing slash."""
+    if location.startswith("file://"):
+        location = location.removeprefix("file://")
+    if "://" not in location:
+        return os.path.abspath(os.path.expanduser(location))
+    place, mark, query = location.partition("?")
+    return place.rstrip("/") + mark + query
 
 
 def _without_credentials(location: str) -> str:
@@ -112,5 +132,6 @@ def study_storage(run_dir: Path) -> Storage:
     """Where the study in `run_dir` keeps its checkpoints: the run folder, or its --storage."""
     record = run_dir / STORAGE_FILE
     if record.exists():
-        return Storage.at(json.loads(record.read_text())["location"], run_dir.name)
+        stored = json.loads(record.read_text())
+        return Storage.at(stored["location"], stored.get("folder") or run_dir.name)
     return Storage.at(str(run_dir))

@@ -23,7 +23,7 @@ from .recorder import TrialRecorder, reconcile
 from .results import (EXPERIMENTS_FILE, STUDY_FILE, TRIALS_FILE, added_seeds, check_storage, recorded_count,
                       recorded_trials, remove_partial_writes, run_lock, set_aside, settings_changed,
                       tune_experiments, write_atomically)
-from .storage import Storage, remember_storage, resumed_storage
+from .storage import Storage, new_storage_folder, normal_location, remember_storage, resumed_storage
 from .study import Study, StudyError
 from .trial import POINT, PretrainLeases, leases_name, run_trial, shares_pretraining, trial_resources
 
@@ -136,8 +136,10 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
 def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, verbose: bool,
                source: str, storage: str | None) -> tuple[Path, int, int]:
     where = f"{source}: " if source else ""
-    storage = storage if restart else resumed_storage(run_dir, storage)
-    ray_storage = Storage.at(storage, study.name) if storage else None
+    storage, folder = (normal_location(storage) if storage else None, None) if restart else \
+        resumed_storage(run_dir, storage)
+    folder = folder or new_storage_folder(study.name)  # a new run's own, in a storage other runs may share
+    ray_storage = Storage.at(storage, folder) if storage else None
     if ray_storage:
         ray_storage.check_writable()
     settings = json.loads(study.model_dump_json())
@@ -171,7 +173,7 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
               f"(its {kept} finished trial{'s' if kept != 1 else ''} are kept)", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(run_dir)
-    remember_storage(run_dir, storage)
+    remember_storage(run_dir, storage, folder)
     # what the report reads for the description and the gallery, and what a rerun is compared with
     write_atomically(run_dir / STUDY_FILE, study.model_dump_json(indent=1))
     write_atomically(run_dir / EXPERIMENTS_FILE, json.dumps(experiments))
@@ -205,7 +207,8 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
                                                              storage_filesystem=ray_storage.filesystem)
         if recorded >= total and not restore:
             continue  # rows copied in without Tune's state (a shipped report's folder): nothing left to run
-        tuner = make_tuner(study, experiment, trainable, ray_storage, plan, run_dir, total, restore)
+        recorder = TrialRecorder(study, run_dir, total, recorded)
+        tuner = make_tuner(study, experiment, trainable, ray_storage, plan, recorder, restore)
         grid = tuner.fit()  # on Ctrl+C, Tune saves its state, stops the trials and returns
         for result in grid:  # a row lost to an interruption between a trial's end and its write lands now
             reconcile(run_dir, study, result)
@@ -221,13 +224,20 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
 
 
 def make_tuner(study: Study, experiment: dict, trainable: Any, ray_storage: Storage, plan: dict[str, Any],
-               run_dir: Path, total: int, restore: bool) -> ray.tune.Tuner:
-    """The Tune experiment `experiment` ({"name", "seeds"}): restored (`restore`) where it has run before."""
+               recorder: TrialRecorder, restore: bool) -> ray.tune.Tuner:
+    """The Tune experiment `experiment` ({"name", "seeds"}): restored (`restore`) where it has run
+    before, with `recorder` writing this session's rows and progress."""
     tune_dir, filesystem = ray_storage.path(experiment["name"]), ray_storage.filesystem
     if restore:
         print(f"resuming {ray_storage.describe()}/{experiment['name']} (finished trials are kept; "
               "--restart starts over)", flush=True)
-        return ray.tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=filesystem)
+        tuner = ray.tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=filesystem)
+        # Tune restores the callbacks it pickled with its state: the first session's recorder, which
+        # would write rows into the run folder as it was then named, and count from its start
+        if tuner._local_tuner is not None:  # None only through Ray Client (ray://), where Tune runs on the head
+            run_config = tuner._local_tuner.get_run_config()
+            run_config.callbacks = [recorder if isinstance(c, TrialRecorder) else c for c in run_config.callbacks]
+        return tuner
     return ray.tune.Tuner(
         trainable,
         param_space=param_space(study, experiment["seeds"]),
@@ -237,7 +247,7 @@ def make_tuner(study: Study, experiment: dict, trainable: Any, ray_storage: Stor
         run_config=ray.tune.RunConfig(
             name=experiment["name"], storage_path=ray_storage.root, storage_filesystem=filesystem, verbose=0,
             failure_config=ray.tune.FailureConfig(max_failures=1),
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialRecorder(study, run_dir, total)]),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), recorder]),
     )
 
 

@@ -3,6 +3,7 @@ each phase of a study then the same command rerun, a Train worker killed mid-epo
 keeps failing, and the loss of a node running a worker. Each ends with every trial recorded once."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,9 +209,17 @@ def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluste
     assert status_table(run_dir).startswith("interrupted (cpu scale): 0 of 2 trials recorded\nno trial has finished")
     wait_until_released(cluster.address)
 
-    rerun = run(study, cluster, tmp_path)
+    cwd = tmp_path
+    if stop == "sigterm":  # and the runs folder moved before the rerun: Tune's restored state named the old one
+        cwd = tmp_path / "moved"
+        cwd.mkdir()
+        shutil.move(tmp_path / "runs", cwd / "runs")
+        run_dir = cwd / "runs" / "interrupted"
+    rerun = run(study, cluster, cwd)
     after = check_complete(run_dir, pd.DataFrame({"trial_id": [], "finished_at": []}), 2, 16)
+    assert not (tmp_path / "runs").exists() or stop == "ctrl-c"  # no row written where the folder was
     assert "resuming" in rerun and (after.loc[sorted(interrupted), "resumed_from_epoch"] >= 1).all()
+    assert "(2/2 done)" in rerun
     for epoch in after.loc[sorted(interrupted), "resumed_from_epoch"]:  # each trial says where it goes on from
         assert f"] resumed: pre-training goes on from its epoch {epoch} checkpoint" in rerun, rerun[-3000:]
 

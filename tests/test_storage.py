@@ -2,7 +2,9 @@
 the rows in the local run folder; trials share a pre-training run through the bucket, the report's
 gallery reads its checkpoint from there, and a rerun resumes from it; a stage run in the trial's
 own process keeps its checkpoints there too."""
+import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -42,9 +44,9 @@ def test_checkpoints_and_trial_state_on_s3_then_resume(tmp_path, s3_endpoint):
     study = write_study(tmp_path, "ons3", sweep={"parameters": {"evaluate.source": ["synth:motion", "synth:appearance"]}})
     first = harness_run(study, tmp_path, storage)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    assert "checkpoints and trial state: s3://harness/ray/ons3" in first.stdout
-
     run_dir = tmp_path / "runs" / "ons3"
+    folder = json.loads((run_dir / "storage.json").read_text())["folder"]  # this run's own, ons3-<time>-<id>
+    assert folder.startswith("ons3-") and f"checkpoints and trial state: s3://harness/ray/{folder}\n" in first.stdout
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert len(trials) == 2 and (trials["status"] == "ok").all()
     shared = trials["pretrain_shared_from"].dropna()  # one pre-training run, found through the bucket
@@ -52,8 +54,8 @@ def test_checkpoints_and_trial_state_on_s3_then_resume(tmp_path, s3_endpoint):
     assert not (run_dir / "train").exists() and not (run_dir / "tune").exists()
 
     bucket, root = pafs.FileSystem.from_uri(storage)
-    stored = [info.path.removeprefix(f"{root}/ons3/") for info in
-              bucket.get_file_info(pafs.FileSelector(f"{root}/ons3", recursive=True))]
+    stored = [info.path.removeprefix(f"{root}/{folder}/") for info in
+              bucket.get_file_info(pafs.FileSelector(f"{root}/{folder}", recursive=True))]
     owner = trials["pretrain_run"][trials["pretrain_shared_from"].isna()].iloc[0]
     assert any(p.startswith(f"train/{owner}/checkpoint_") for p in stored)
     assert sum(p.startswith("train/pretrained/") for p in stored) == 1
@@ -69,7 +71,7 @@ def test_checkpoints_and_trial_state_on_s3_then_resume(tmp_path, s3_endpoint):
     # Tune state back from the bucket and writes the row from the trial's result, running nothing
     trials.iloc[:1].to_parquet(run_dir / "trials.parquet", index=False)
     again = harness_run(study, tmp_path, storage)
-    assert again.returncode == 0 and "resuming s3://harness/ray/ons3/tune" in again.stdout, again.stdout[-4000:]
+    assert again.returncode == 0 and f"resuming s3://harness/ray/{folder}/tune" in again.stdout, again.stdout[-4000:]
     assert "] started" not in again.stdout, again.stdout[-4000:]
     restored = pd.read_parquet(run_dir / "trials.parquet")
     assert restored["trial_id"].tolist() == trials["trial_id"].tolist()
@@ -77,7 +79,7 @@ def test_checkpoints_and_trial_state_on_s3_then_resume(tmp_path, s3_endpoint):
     # Without --storage the rerun resumes from where the run started, not from an empty run folder
     trials.iloc[:1].to_parquet(run_dir / "trials.parquet", index=False)
     forgotten = harness_run(study, tmp_path, None)
-    assert forgotten.returncode == 0 and "resuming s3://harness/ray/ons3/tune" in forgotten.stdout, forgotten.stderr
+    assert forgotten.returncode == 0 and f"resuming s3://harness/ray/{folder}/tune" in forgotten.stdout, forgotten.stderr
     assert pd.read_parquet(run_dir / "trials.parquet")["trial_id"].tolist() == trials["trial_id"].tolist()
     elsewhere = harness_run(study, tmp_path, str(tmp_path / "elsewhere"))  # would run every trial again
     assert elsewhere.returncode == 2 and not (tmp_path / "elsewhere").exists()
@@ -90,7 +92,42 @@ def test_storage_that_cannot_be_written_is_refused_before_any_trial(tmp_path, s3
     done = harness_run(study, tmp_path, storage)
     assert done.returncode == 2 and not (tmp_path / "runs").exists(), done.stdout + done.stderr
     message = done.stderr.strip().splitlines()
-    assert len(message) == 1 and "--storage s3://no-such-bucket/ray/refused: cannot write there" in message[0]
+    assert len(message) == 1 and re.search(r"--storage s3://no-such-bucket/ray/refused-[\d-]+-\w{4}: cannot write there",
+                                           message[0]), message
+
+
+def test_two_runs_of_a_study_in_one_storage_keep_apart(tmp_path):
+    """A second run folder, or a --restart, given the storage of an earlier run of the same study
+    runs its own trials: it used to resume the other's Tune state (its rows copied in, under this
+    run's settings) or reuse its pre-training. The same storage written another way is the same;
+    a relative one is kept absolute; a run set aside by --restart keeps its gallery."""
+    study = write_study(tmp_path, "apart", sweep={"parameters": {"evaluate.source": ["synth:motion", "synth:appearance"]}})
+    first = harness_run(study, tmp_path, "store")
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    record = json.loads((tmp_path / "runs" / "apart" / "storage.json").read_text())
+    assert record["location"] == str(tmp_path / "store")  # relative, taken from where the command ran
+    other = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(study), "--runs", str(tmp_path / "runs2"),
+                            "--storage", f"file://{tmp_path}//store/"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=900)
+    assert other.returncode == 0 and "resuming" not in other.stdout, other.stdout[-4000:] + other.stderr[-4000:]
+    assert other.stdout.count("] started") == 2 and "pretrain epoch" in other.stdout
+    ours, theirs = (pd.read_parquet(tmp_path / runs / "apart" / "trials.parquet") for runs in ("runs", "runs2"))
+    assert not set(ours["trial_id"]) & set(theirs["trial_id"])
+    assert not set(theirs["pretrain_shared_from"].dropna()) & set(ours["pretrain_run"])  # pre-trained anew
+    assert len(list((tmp_path / "store").iterdir())) == 2
+
+    same = harness_run(study, tmp_path, f"{tmp_path}/store/")  # the first run's storage, spelt otherwise
+    assert same.returncode == 0 and "nothing left to run" in same.stdout, same.stderr
+    restarted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(study), "--runs", str(tmp_path / "runs"),
+                                "--storage", "store", "--restart"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=900)
+    assert restarted.returncode == 0 and "pretrain epoch" in restarted.stdout, restarted.stdout[-4000:]
+    again = pd.read_parquet(tmp_path / "runs" / "apart" / "trials.parquet")
+    assert not set(again["pretrain_shared_from"].dropna()) & set(ours["pretrain_run"])
+    aside = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("apart."))
+    report = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(aside), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and (tmp_path / "out" / f"{aside.name}_gallery.png").exists(), report.stdout
 
 
 @pytest.mark.filterwarnings("ignore:`report` is meant to only be called")  # Tune's, outside a trial here

@@ -38,12 +38,21 @@ def _not_tunes_resume_advice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(("Experiment has been interrupted", "Trials did not complete"))
 
 
-def check_address(address: str | None) -> None:
-    """Stop at once (StudyError) on a cluster address nothing answers at: Ray would retry an
-    unreachable GCS for ever, printing a warning every few seconds."""
+def check_address(address: str | None) -> str | None:
+    """The cluster address to join (as given, or from RAY_ADDRESS), or None for a local Ray of our
+    own. Stops at once (StudyError) on an address nothing answers at, `auto` included: Ray would
+    retry an unreachable GCS for ever, printing a warning every few seconds."""
     named, address = _named(address), address or os.environ.get("RAY_ADDRESS")
-    if not address or address in ("auto", "local"):
-        return
+    if not address or address == "local":
+        return None
+    if address == "auto":  # joined as "auto": Ray then reads the token of a cluster with token authentication
+        _check_host_port(named, _ray_on_this_machine(named))
+        return "auto"
+    _check_host_port(named, address)
+    return address
+
+
+def _check_host_port(named: str, address: str) -> None:
     if address.startswith(("http://", "https://")):
         raise StudyError(f"{named}: that is the dashboard's (jobs) address; give the cluster's address "
                          f"(head:6379), or run the command as a job: "
@@ -57,6 +66,24 @@ def check_address(address: str | None) -> None:
     except OSError as error:
         reason = error.strerror or type(error).__name__.lower().replace("error", "")
         raise StudyError(f"{named}: no Ray cluster answers there ({reason or 'timed out'})") from None
+
+
+def _ray_on_this_machine(named: str) -> str:
+    """What `auto` joins, as Ray finds it (the cluster `ray start` made last), said once here
+    rather than in Ray's warning on every connection when several run."""
+    from ray._private import services
+
+    logging.getLogger(services.__name__).setLevel(logging.ERROR)  # "Found multiple active Ray instances"
+    try:
+        found = services.get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise StudyError(f"{named}: no Ray is running on this machine (`ray start --head` starts one; "
+                         "without --address the harness starts its own)") from None
+    running = services.find_gcs_addresses()
+    if len(running) > 1:
+        print(f"{len(running)} Ray clusters run on this machine ({', '.join(sorted(running))}): joining {found}, "
+              "the one `ray start` made last (--address HOST:PORT names another)", flush=True)
+    return found
 
 
 def _named(address: str | None) -> str:
@@ -92,7 +119,7 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
         context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                            log_to_driver=verbose, logging_level=level, runtime_env={"env_vars": env})
     url = context.dashboard_url
-    print(f"Ray {'cluster ' + address if address else 'started locally'}; dashboard: "
+    print(f"Ray {'cluster ' + context.address_info.get('gcs_address', address) if address else 'started locally'}; dashboard: "
           f"{'http://' + url if url else 'not running'}", flush=True)
     if url and not address and os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
         # Ray turned on token authentication for the new cluster: the dashboard asks for it.

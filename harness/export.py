@@ -15,7 +15,7 @@ from models import to_official, to_transformers, transformers_config
 
 from .findings import METRIC
 from .gallery import is_missing, pretrain_run, pretrained_model
-from .report import saved_study
+from .report import best_row, saved_study
 from .results import read_trials
 from .study import Experiment, StudyError
 
@@ -31,7 +31,7 @@ def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = 
         raise StudyError(f"{run_dir}: no study.json: not a run folder `harness run` made")
     if out.is_dir() and any(out.iterdir()) and not (out / PROVENANCE_FILE).exists():  # not an earlier export
         raise StudyError(f"export: --out {out}: holds other files; give a new or empty folder")
-    row = chosen_trial(trials, trial, run_dir)
+    row = chosen_trial(trials, trial, run_dir, study.sweep.metric, study.sweep.mode)
     trained = pretrained_model(run_dir, study, row)  # loaded into the study's model before anything is written
     if trained is None:
         raise StudyError(f"{run_dir}: trial {row['trial_id']}: its pre-training checkpoint ({pretrain_run(row)}) "
@@ -59,22 +59,24 @@ def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = 
     return row, [*written, out / PROVENANCE_FILE]
 
 
-def chosen_trial(trials: pd.DataFrame, trial: str | None, run_dir: Path) -> pd.Series:
-    """The row of trial `trial`, or of the best finished trial that pre-trained."""
+def chosen_trial(trials: pd.DataFrame, trial: str | None, run_dir: Path, metric: str = METRIC,
+                 mode: str = "max") -> pd.Series:
+    """The row of trial `trial`, or of the best finished trial that pre-trained, by the study's
+    `metric` and `mode`."""
     trained = trials[trials["pretrain_loss"].notna()] if "pretrain_loss" in trials else trials.iloc[:0]
     if trial is None:
-        finished = trained[(trained["status"] == "ok") & trained[METRIC].notna()]
+        finished = trained[(trained["status"] == "ok") & trained[metric].notna()]
         if finished.empty:
             raise StudyError(f"{run_dir}: no finished trial pre-trained a model (scratch and pretrained "
                              "trials have none of their own)")
         scored_on = sorted(finished["evaluate.source"].unique()) if "evaluate.source" in finished else []
         if len(scored_on) > 1:  # a transfer study: top-1 on one dataset does not rank against another's
-            best = finished.sort_values(METRIC, ascending=False, kind="stable").groupby("evaluate.source").head(1)
-            each = "; ".join(f"on {source}: --trial {trial_id} ({METRIC} {score:.4f})" for source, trial_id, score
-                             in sorted(zip(best["evaluate.source"], best["trial_id"], best[METRIC])))
-            raise StudyError(f"{run_dir}: its trials are scored on {len(scored_on)} datasets, whose {METRIC} do not "
+            best = finished.sort_values(metric, ascending=mode == "min", kind="stable").groupby("evaluate.source").head(1)
+            each = "; ".join(f"on {source}: --trial {trial_id} ({metric} {score:.4f})" for source, trial_id, score
+                             in sorted(zip(best["evaluate.source"], best["trial_id"], best[metric])))
+            raise StudyError(f"{run_dir}: its trials are scored on {len(scored_on)} datasets, whose {metric} do not "
                              f"rank against each other: name the trial to export; the best {each}")
-        return finished.sort_values(METRIC, ascending=False, kind="stable").iloc[0]  # a tie: the first recorded
+        return best_row(finished, metric, mode)
     rows = trials[trials["trial_id"] == trial]
     if rows.empty:
         raise StudyError(f"{run_dir}: no trial {trial}; its trials are {', '.join(trials['trial_id'][:5])}"

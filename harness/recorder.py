@@ -58,7 +58,8 @@ class TrialRecorder(Callback):
             epoch = result["resumed_from_epoch"]
             print(f"  [{label}] resumed: " + ("its pre-training had finished" if result.get("epoch") == epoch else
                                               f"pre-training goes on from its epoch {epoch} checkpoint"), flush=True)
-        if stage in ("pretrain", "finetune") and shown_epoch(result["epoch"], result["total_epochs"]):
+        ran_here = result.get("epoch") != result.get("resumed_from_epoch")  # not the finished run's last, read back
+        if stage in ("pretrain", "finetune") and ran_here and shown_epoch(result["epoch"], result["total_epochs"]):
             print(f"  [{label}] {stage} epoch {result['epoch']}/{result['total_epochs']}"
                   f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)
         elif stage == "done":

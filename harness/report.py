@@ -26,12 +26,25 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em
          ".reversed{color:#cf222e}.inconclusive{color:#9a6700}")
 
 
-def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: the metric's mean, interval and seeds, mean loss and wall time."""
+def summary_table(trials: pd.DataFrame, metric: str = METRIC, mode: str = "max") -> pd.DataFrame:
+    """One row per configuration: the metric's mean, interval and seeds, mean loss and wall time;
+    best first by the study's `metric` and `mode` (what its sweep optimizes)."""
     by = parameters(trials) or ["study"]
     extra = trials[trials["status"] == "ok"].groupby(by, dropna=False)[["pretrain_loss", "wall_time_s"]].mean()
-    table = summarize(trials, by).merge(extra.reset_index(), on=by, how="left")
-    return table.sort_values("mean", ascending=False)
+    table = summarize(trials, by, metric).merge(extra.reset_index(), on=by, how="left")
+    return table.sort_values("mean", ascending=mode == "min")
+
+
+def ranking(run_dir: Path) -> tuple[str, str]:
+    """The metric and mode (max | min) that rank the trials of the run in `run_dir`: its study's
+    `sweep.metric` and `sweep.mode` (eval_top1, max by default)."""
+    study = saved_study(run_dir)
+    return (study.sweep.metric, study.sweep.mode) if study else (METRIC, "max")
+
+
+def best_row(rows: pd.DataFrame, metric: str, mode: str) -> pd.Series:
+    """The row of the best `metric` (a tie: the first recorded)."""
+    return rows.sort_values(metric, ascending=mode == "min", kind="stable").iloc[0]
 
 
 def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -181,15 +194,15 @@ def planned_trials(run_dir: Path) -> int | None:
     return study.trial_count() if study else None
 
 
-def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path) -> Path | None:
+def _gallery(run_dir: Path, trials: pd.DataFrame, out: Path, metric: str, mode: str) -> Path | None:
     """The best pre-trained trial's reconstructions, made from its checkpoint while the run
     folder has it. A report rebuilt from copied rows keeps the gallery made with them: the one
     already at `out`, or the one beside the rows' folder (a report's own `<run>_gallery.png`)."""
     from .gallery import gallery_png  # torch and the model: not for `harness status` and `ls`
 
-    ok = trials[(trials["status"] == "ok") & trials["pretrain_loss"].notna()]
+    ok = trials[(trials["status"] == "ok") & trials["pretrain_loss"].notna() & trials[metric].notna()]
     if not ok.empty:
-        made = gallery_png(run_dir, ok.sort_values(METRIC, ascending=False).iloc[0], out)
+        made = gallery_png(run_dir, best_row(ok, metric, mode), out)
         if made:
             return made
     beside_rows = run_dir.parent / out.name
@@ -230,11 +243,13 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     name = run_dir.resolve().name
     if name != facts["study"]:
         facts["run folder"] = name
-    found, table, cost = findings(trials, parameters(trials)), summary_table(trials), cost_table(trials)
+    metric, mode = ranking(run_dir)
+    found, table, cost = findings(trials, parameters(trials)), summary_table(trials, metric, mode), cost_table(trials)
     unfinished = unfinished_table(trials)
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_rows(run_dir, out_dir / name)
-    gallery = _gallery(run_dir, rows, out_dir / f"{name}_gallery.png")  # the values as the trial ran them
+    gallery = _gallery(run_dir, rows, out_dir / f"{name}_gallery.png", metric, mode)  # the values as the trial ran them
+    ranked = f"{metric}, mean over seeds, 95% interval" + (", lowest first" if mode == "min" else "")
 
     charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")
               for i, fig in enumerate(figures(trials))]
@@ -252,7 +267,7 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
             "zero, <i>not reproduced (reversed)</i> when it lies below, <i>inconclusive</i> otherwise. The paper's "
             "numbers are ViT-B at paper scale: compare the direction, not the size.</p>"
             f"<h2>Figures</h2>{''.join(charts)}"
-            f"<h2>Configurations ({METRIC}, mean over seeds, 95% interval)</h2>"
+            f"<h2>Configurations ({ranked})</h2>"
             f"{html_table(table)}<h2>Cost</h2>{html_table(cost)}"
             + (f"<h2>Trials that did not finish</h2>{unfinished.to_html(index=False, na_rep=BLANK)}" if len(unfinished) else "")
             + f"{gallery_html}"
@@ -262,7 +277,7 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     facts_md = "\n".join(f"- **{k}**: {v}" for k, v in facts.items())
     html_path.with_suffix(".md").write_text(
         f"# Study: {name}\n\n{facts_md}\n\n## Findings\n\n{findings_markdown(found)}\n"
-        f"## Configurations ({METRIC}, mean over seeds, 95% interval)\n\n{markdown_table(table)}\n"
+        f"## Configurations ({ranked})\n\n{markdown_table(table)}\n"
         f"## Cost\n\n{markdown_table(cost)}"
         + (f"\n## Trials that did not finish\n\n{markdown_table(unfinished)}" if len(unfinished) else "")
         + (f"\n## Reconstructions\n\n![reconstructions]({gallery.name})\n" if gallery else ""))
@@ -311,7 +326,8 @@ def status_table(run_dir: Path) -> str:
     line = f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}{took}"
     if "bad videos" in facts:
         line += f"\n{facts['bad videos']}"
-    table = summary_table(trials)
+    metric, mode = ranking(run_dir)
+    table = summary_table(trials, metric, mode).rename(columns={"mean": metric})  # std, n, ci95: of it
     if table.empty:
         return f"{line}\nno trial has finished yet"
     return f"{line}\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=BLANK)
@@ -332,8 +348,9 @@ def runs_table(runs_root: Path) -> str:
             lines.append(f"{run_dir.name:{width}s} {scale:6s} {count:>7s} trials  no trial has finished yet")
             continue
         trials = read_trials(run_dir)
-        ok = trials[trials["status"] == "ok"]
-        best = f"best {METRIC} {ok[METRIC].max():.4f}" if len(ok) else "no finished trial"
+        metric, mode = (study.sweep.metric, study.sweep.mode) if study else (METRIC, "max")
+        ok = trials[(trials["status"] == "ok") & trials[metric].notna()]
+        best = f"best {metric} {best_row(ok, metric, mode)[metric]:.4f}" if len(ok) else "no finished trial"
         count = f"{len(trials)}/{planned}" if planned and planned > len(trials) else str(len(trials))
         scale = ", ".join(sorted(trials["scale"].astype(str).unique()))
         lines.append(f"{run_dir.name:{width}s} {scale:6s} {count:>7s} trials  {best}  last {trials['finished_at'].max()}")

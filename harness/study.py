@@ -209,6 +209,8 @@ class Distribution(Strict):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.type == "loguniform" and self.low <= 0:
             raise ValueError("a loguniform range needs low > 0")
+        if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError(f"an int range needs whole-number ends, not {self.low:g} to {self.high:g}")
         return self
 
 

@@ -61,7 +61,8 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     try:
         raw = yaml.load(path.read_text(), Loader=_StudyLoader)  # safe_load, refusing repeated keys
     except OSError as error:
-        raise StudyError(f"{path}: cannot read: {error.strerror}") from None
+        looked = "" if path.is_absolute() else f" (read from {Path.cwd()})"  # a Ray Job runs in a folder of its own
+        raise StudyError(f"{path}: cannot read: {error.strerror}{looked}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -127,7 +127,7 @@ def run_study(study: Study, runs_root: str | Path, address: str | None = None, r
     `source` (the study file) prefixes errors found once the cluster is known. `storage` (a path
     or pyarrow URI) holds Ray's checkpoints and trial state instead of the run folder."""
     check_storage(runs_root)
-    check_address(address)  # before any data is made for a cluster that cannot be reached
+    address = check_address(address)  # before any data is made for a cluster that cannot be reached
     run_dir = Path(runs_root).absolute() / study.name
     with run_lock(run_dir):
         return _run_study(study, run_dir, address, restart, verbose, source, storage)

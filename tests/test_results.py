@@ -162,6 +162,35 @@ def test_report_and_status_of_a_swept_list_valued_setting(tmp_path, capsys):
     assert study.experiment(declared_point(study, row)).synth.speed == (0.3, 0.6)
 
 
+def test_status_report_and_ls_rank_by_the_metric_the_study_optimizes(tmp_path, capsys):
+    """A study whose sweep minimizes the pre-training loss: its best configuration is the lowest
+    loss, not the highest top-1, in `harness status`, `ls` and the report."""
+    from harness.cli import main
+    from harness.recorder import record_trial
+
+    path = tmp_path / "lossy.yaml"
+    path.write_text("name: lossy\nsweep: {method: optuna, num_samples: 3, metric: pretrain_loss, mode: min,\n"
+                    "        parameters: {pretrain.lr: {type: loguniform, low: 0.0001, high: 0.01}}}\n")
+    study = load_study(path)
+    run_dir = tmp_path / "runs" / "lossy"
+    for index, (lr, loss, top1) in enumerate(((0.001, 0.9, 0.30), (0.002, 0.7, 0.20), (0.004, 0.8, 0.25))):
+        record_trial(run_dir, study, f"t{index}", {"point": {"pretrain.lr": lr}, "seed": 0},
+                     {"eval_top1": top1, "eval_top5": 0.9, "pretrain_loss": loss, "wall_time_s": 60.0,
+                      "cpu_seconds": 60.0, "gpu_seconds": 0.0, "eval_protocol": "knn"})
+    (run_dir / "study.json").write_text(study.model_dump_json())
+    assert main(["status", str(run_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["pretrain.lr", "pretrain_loss"]  # the ranked column, named
+    assert [line.split()[:2] for line in lines[2:]] == [["0.002", "0.7"], ["0.004", "0.8"], ["0.001", "0.9"]]
+    assert main(["ls", str(run_dir.parent)]) == 0
+    assert "best pretrain_loss 0.7000" in capsys.readouterr().out
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "reports")]) == 0
+    page = (tmp_path / "reports" / "lossy.md").read_text()
+    assert "## Configurations (pretrain_loss, mean over seeds, 95% interval, lowest first)" in page
+    table = page.split("## Configurations")[1]
+    assert table.index("| 0.002 |") < table.index("| 0.004 |") < table.index("| 0.001 |")
+
+
 def test_time_taken_counts_only_the_time_trials_ran():
     """A study given more seeds a day later: the report's wall clock leaves out the day between."""
     from harness.report import _time_taken

@@ -123,6 +123,12 @@ def test_a_cluster_address_nothing_answers_at_stops_at_once(tmp_path, capsys, mo
         started = time.monotonic()
         assert main(command + options) == 2
         assert message in capsys.readouterr().err and time.monotonic() - started < 5
+    from ray._private.services import find_gcs_addresses
+    if not find_gcs_addresses():  # no Ray on this machine (the tests' own clusters are gone by now)
+        started = time.monotonic()
+        assert main(command + ["--address", "auto"]) == 2  # once failed after the data was made
+        assert ("--address auto: no Ray is running on this machine (`ray start --head` starts one"
+                in capsys.readouterr().err) and time.monotonic() - started < 5
     monkeypatch.setenv("RAY_ADDRESS", closed)
     assert main(command) == 2
     assert f"RAY_ADDRESS={closed}: no Ray cluster answers there" in capsys.readouterr().err
@@ -266,3 +272,25 @@ sweep:
     told = resumed.searcher._ot_study.trials  # Optuna's own record of the draws
     assert told[0].value == pytest.approx(0.3) and told[0].params["pretrain.loss"] == a["pretrain.loss"]
     assert told[1].value is None  # c's draw: one of its two seeds has not run
+
+
+def test_a_study_file_that_is_not_there_names_the_folder_it_was_read_from(tmp_path, capsys, monkeypatch):
+    """A Ray Job without --working-dir runs in the head's folder, where studies/x.yaml is not."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "studies/mask_ratio.yaml", "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"harness: studies/mask_ratio.yaml: cannot read: No such file or directory "
+                                       f"(read from {tmp_path})\n")
+
+
+def test_a_resumed_trial_whose_pretraining_had_finished_shows_no_epoch_as_if_run_again(tmp_path, capsys):
+    from harness.recorder import TrialRecorder
+
+    class Trial:  # what the recorder reads of Tune's trial
+        trial_id, config = "t1", {"point": {"pretrain.mask.ratio": 0.9}, "seed": 0}
+
+    recorder = TrialRecorder(load_study(MASK_RATIO, "smoke"), tmp_path, total=3, recorded=2)
+    report = {"stage": "pretrain", "total_epochs": 8, "loss": 1.07, "clips_per_s": 50.0}
+    recorder.on_trial_result(0, [], Trial, {**report, "epoch": 8, "resumed_from_epoch": 8})
+    assert capsys.readouterr().out == "  [ratio=0.9 seed=0] resumed: its pre-training had finished\n"
+    recorder.on_trial_result(0, [], Trial, {**report, "epoch": 8, "resumed_from_epoch": 0})  # ran in this session
+    assert capsys.readouterr().out == "  [ratio=0.9 seed=0] pretrain epoch 8/8 loss 1.0700 (50 clips/s)\n"

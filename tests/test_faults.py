@@ -220,6 +220,8 @@ def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tmp_path, cluste
     assert not (tmp_path / "runs").exists() or stop == "ctrl-c"  # no row written where the folder was
     assert "resuming" in rerun and (after.loc[sorted(interrupted), "resumed_from_epoch"] >= 1).all()
     assert "(2/2 done)" in rerun
+    spent = pd.read_parquet(run_dir / "epochs.parquet").groupby("trial_id")["epoch_time_s"].sum()
+    assert (after["pretrain_time_s"] >= spent.loc[after.index]).all()  # the epochs before the stop count too
     for epoch in after.loc[sorted(interrupted), "resumed_from_epoch"]:  # each trial says where it goes on from
         assert f"] resumed: pre-training goes on from its epoch {epoch} checkpoint" in rerun, rerun[-3000:]
 

@@ -49,7 +49,28 @@ def check_address(address: str | None) -> str | None:
         _check_host_port(named, _ray_on_this_machine(named))
         return "auto"
     _check_host_port(named, address)
+    if not address.startswith("ray://"):
+        _check_token(named, address)
     return address
+
+
+def _check_token(named: str, address: str) -> None:
+    """A cluster with token authentication refuses a driver without the token, which Ray sends
+    to an address given explicitly only with RAY_AUTH_MODE=token: ray.init then retries for
+    ever, a warning a second. Asked here once, with a timeout."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    from .prepare import quiet_stderr  # the GCS client's own warning line: the message below says it
+
+    try:
+        with quiet_stderr():
+            GcsClient(address=address).internal_kv_get(b"harness-probe", None, timeout=10)
+    except AuthenticationError:
+        raise StudyError(f"{named}: that cluster asks for Ray's token: set {AUTH_MODE_ENV}=token, with the token "
+                         f"in RAY_AUTH_TOKEN or ~/.ray/auth_token ({TOKEN_COMMAND} on its head prints it)") from None
+    except Exception:  # noqa: BLE001 - anything else (a busy GCS): ray.init says what it is
+        pass
 
 
 def _check_host_port(named: str, address: str) -> None:

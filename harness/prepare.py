@@ -107,7 +107,7 @@ def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
     probes, bad = [], []
     for done, path in enumerate(sample, start=1):
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 probes.append(probe(path))
         except BadVideo as error:
             bad.append(f"  bad: {path}: {error}")
@@ -123,7 +123,7 @@ def inspect_source(table: pd.DataFrame, decode_count: int, show: int = 5,
 
 
 @contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """Leave out what decord and FFmpeg write to the process's stderr themselves on a bad file
     (e.g. "video_reader.cc:83: ERROR opening: ..."): the line printed for it gives the reason."""
     sys.stderr.flush()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import optuna_told, write_study
+from conftest import REPO, optuna_told, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +154,29 @@ def test_a_local_ray_prints_how_to_get_the_token_its_dashboard_asks_for(cluster)
     assert ("another Ray already runs on this machine (2 raylet processes): its work and this study's share the "
             f"{os.cpu_count()} CPUs") in done.stdout
     assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("STATUS")] == ["401", "200"]
+
+
+def test_a_cluster_that_asks_for_a_token_the_driver_lacks_stops_the_command_at_once(tmp_path):
+    """Ray sends its token to an explicit address only with RAY_AUTH_MODE=token; without it,
+    `ray.init` retried for ever, printing a warning a second. Now one line and exit 2."""
+    script = ("import os, subprocess, sys\nfrom ray.cluster_utils import Cluster\n"
+              "nodes = Cluster(initialize_head=True, head_node_args={'num_cpus': 1})\n"
+              "env = {k: v for k, v in os.environ.items() if k != 'RAY_AUTH_MODE'}\n"
+              "done = subprocess.run([sys.executable, '-m', 'harness.cli', 'run', sys.argv[1], '--scale', 'smoke',\n"
+              "                       '--address', nodes.address, '--runs', sys.argv[2]], env=env, capture_output=True,\n"
+              "                      text=True, timeout=120)\n"
+              "print('CODE', done.returncode, nodes.address)\nprint(done.stderr)\n"
+              "nodes.shutdown()\n")
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", script, str(REPO / "studies" / "mask_ratio.yaml"), str(tmp_path / "runs")],
+                          env=env, capture_output=True, text=True, timeout=240)
+    code, address = done.stdout.split("\n", 1)[0].split()[1:]
+    assert code == "2", done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.splitlines()[1] == (f"harness: --address {address}: that cluster asks for Ray's token: set "
+                                           "RAY_AUTH_MODE=token, with the token in RAY_AUTH_TOKEN or ~/.ray/auth_token "
+                                           "(`ray get-auth-token` on its head prints it)")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_leak_cleanup_keeps_the_placement_groups_of_live_jobs_and_detached_ones(cluster):

@@ -140,8 +140,8 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
         context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                            log_to_driver=verbose, logging_level=level, runtime_env={"env_vars": env})
     url = context.dashboard_url
-    print(f"Ray {'cluster ' + context.address_info.get('gcs_address', address) if address else 'started locally'}; dashboard: "
-          f"{'http://' + url if url else 'not running'}", flush=True)
+    joined = f"cluster {context.address_info.get('gcs_address', address)}" if address else "started locally"
+    print(f"Ray {joined}; dashboard: {'http://' + url if url else 'not running'}", flush=True)
     if url and not address and os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
         # Ray turned on token authentication for the new cluster: the dashboard asks for it.
         print(f"  the dashboard asks for Ray's token: {TOKEN_COMMAND} prints it", flush=True)

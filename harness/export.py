@@ -71,7 +71,8 @@ def chosen_trial(trials: pd.DataFrame, trial: str | None, run_dir: Path, metric:
                              "trials have none of their own)")
         scored_on = sorted(finished["evaluate.source"].unique()) if "evaluate.source" in finished else []
         if len(scored_on) > 1:  # a transfer study: top-1 on one dataset does not rank against another's
-            best = finished.sort_values(metric, ascending=mode == "min", kind="stable").groupby("evaluate.source").head(1)
+            ranked = finished.sort_values(metric, ascending=mode == "min", kind="stable")
+            best = ranked.groupby("evaluate.source").head(1)
             each = "; ".join(f"on {source}: --trial {trial_id} ({metric} {score:.4f})" for source, trial_id, score
                              in sorted(zip(best["evaluate.source"], best["trial_id"], best[metric])))
             raise StudyError(f"{run_dir}: its trials are scored on {len(scored_on)} datasets, whose {metric} do not "

@@ -11,8 +11,8 @@
 - `kinetics:DIR`, Kinetics-400/600/700 as the CVDF download (github.com/cvdfoundation/kinetics-dataset)
   unpacks: `annotations/{train,val,test}.csv` (`label,youtube_id,time_start,time_end,split`) and
   the videos `<split>/<youtube_id>_<start:06d>_<end:06d>.mp4` (found in sub-folders too, and by
-  their YouTube id if named otherwise and the id names one annotated clip), a copy in `replacement/replacement_for_corrupted_k400/`
-  taken first. Classes are numbered in sorted order.
+  their YouTube id if named otherwise and the id names one annotated clip), a copy in
+  `replacement/replacement_for_corrupted_k400/` taken first. Classes are numbered in sorted order.
 
 `?root=DIR` reads the videos from DIR instead. The annotations list every clip ever published;
 a clip whose video is not there (Kinetics lost a few percent to YouTube deletions) is left out

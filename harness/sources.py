@@ -11,15 +11,16 @@
   every file is `train`.
 - `list:FILE` or `list:DIR`: the official VideoMAE list files, one `path label` per line,
   separated by spaces or a comma (if every line has one), no header (a header line is skipped;
-  with more columns the first is the path and the last the label). A DIR holds train/val/test `.csv` or `.txt` lists.
-  The split of a single file is its name (train/val/test), else train.
+  with more columns the first is the path and the last the label). A DIR holds train/val/test
+  `.csv` or `.txt` lists. The split of a single file is its name (train/val/test), else train.
 - `manifest:FILE`: a CSV or Parquet table with a header: `path`, `label` (integers, or class
   names mapped to their sorted order) and optionally `split` (default train).
 - `ssv2:DIR`, `kinetics:DIR`: Something-Something v2's and Kinetics' own annotations as their
   downloads unpack (harness/layouts.py).
 
-A video listed twice in a split, or under two labels, is refused. Relative paths are taken from the list's or manifest's folder; append `?root=DIR` to the
-source (`list:/data/ssv2/train.csv?root=/mnt/ssv2/videos`) to read them from DIR instead.
+A video listed twice in a split, or under two labels, is refused. Relative paths are taken from
+the list's or manifest's folder; append `?root=DIR` to the source
+(`list:/data/ssv2/train.csv?root=/mnt/ssv2/videos`) to read them from DIR instead.
 """
 from __future__ import annotations
 
@@ -207,7 +208,8 @@ def _official_split(root: Path, number: int) -> list[tuple[Path, str, str]] | No
     for folder in (root, root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist"):
         lists = {"train": folder / f"trainlist{number:02d}.txt", "test": folder / f"testlist{number:02d}.txt"}
         if all(f.is_file() for f in lists.values()):  # "Class/v_Class_g08_c01.avi [label]"
-            return [(Path(_listed_path(parts)), name, f"{f} line {n}") for name, f in lists.items() for n, parts in _lines(f)]
+            return [(Path(_listed_path(parts)), name, f"{f} line {n}")
+                    for name, f in lists.items() for n, parts in _lines(f)]
     for folder in (root, root / "testTrainMulti_7030_splits", root.parent / "testTrainMulti_7030_splits"):
         files = sorted(folder.glob(f"*_test_split{number}.txt")) if folder.is_dir() else []
         if files:  # <class>_test_splitN.txt: "video.avi 1" train, 2 test, 0 in neither

@@ -203,8 +203,9 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
     if experiment.pretrain.trains:
         checkpoint, metrics, shared_from = pretrained(experiment, seed, trial_id, study_obj, storage, loop_config,
                                                       shared)
-        if metrics["resumed_from_epoch"] and not shared_from:  # its epochs before an interruption count too
-            started -= sum(epoch.get("epoch_time_s", 0.0) for epoch in metrics["epochs"][:metrics["resumed_from_epoch"]])
+        earlier = metrics.get("epochs", [])[:metrics["resumed_from_epoch"] or 0]  # run before an interruption
+        if earlier and not shared_from:  # they count in the trial's times too
+            started -= sum(epoch.get("epoch_time_s", 0.0) for epoch in earlier)
         skipped.update(bad_files(metrics))
         summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
                        pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started,

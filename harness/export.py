@@ -14,10 +14,11 @@ import torch
 from models import to_official, to_transformers, transformers_config
 
 from .findings import METRIC
-from .gallery import is_missing, pretrain_run, pretrained_model
+from .gallery import pretrain_run, pretrained_model
 from .report import best_row, saved_study
 from .results import read_trials
 from .study import Experiment, StudyError
+from .study_file import is_missing
 
 FORMATS = ("hf", "official")
 PROVENANCE_FILE = "harness.json"  # which study, trial and result the weights came from

@@ -86,13 +86,14 @@ def parameter_figure(trials: pd.DataFrame, parameter: str, metric: str = METRIC,
         table = summarize(rows, [parameter], metric)
         if numeric:
             table = table.sort_values(parameter)
-            flat = table[table[parameter].isna()]
-            table = table[table[parameter].notna()]
-            if not flat.empty:  # a baseline with no value of this parameter: drawn across the range
+            flat, swept = table[table[parameter].isna()], table[table[parameter].notna()]
+            if not swept.empty:
+                _band(figure, swept, parameter, name, dashed=False)
+            if not flat.empty:  # a baseline with no value of this parameter (scratch): drawn across the range
                 xs = [ok[parameter].min(), ok[parameter].max()]
-                table = pd.DataFrame({parameter: xs, "mean": [flat["mean"].iloc[0]] * 2,
-                                      "ci95": [flat["ci95"].iloc[0]] * 2, "n": [flat["n"].iloc[0]] * 2})
-            _band(figure, table, parameter, name, dashed=not flat.empty)
+                baseline = pd.DataFrame({parameter: xs, "mean": [flat["mean"].iloc[0]] * 2,
+                                         "ci95": [flat["ci95"].iloc[0]] * 2, "n": [flat["n"].iloc[0]] * 2})
+                _band(figure, baseline, parameter, _baseline_name(rows, parameter, name if groups else ""), dashed=True)
         else:
             figure.add_trace(go.Bar(x=[str(v) for v in table[parameter]], y=table["mean"], name=name,
                                     customdata=table["n"], hovertemplate="%{x}: %{y:.3f} (n=%{customdata})",
@@ -104,6 +105,14 @@ def parameter_figure(trials: pd.DataFrame, parameter: str, metric: str = METRIC,
                          yaxis_title=f"{metric} (ours)",
                          barmode="group", legend={"orientation": "h", "y": -0.25})
     return figure
+
+
+def _baseline_name(rows: pd.DataFrame, parameter: str, group: str) -> str:
+    """What the rows without `parameter` are: their method (scratch, pretrained), within `group`."""
+    flat = rows[rows[parameter].isna()]
+    methods = flat["pretrain.method"].dropna().unique() if "pretrain.method" in flat else []
+    what = str(methods[0]) if len(methods) == 1 else f"without {parameter.rsplit('.', 1)[-1]}"
+    return f"{group}, {what}" if group else what
 
 
 def _band(figure: go.Figure, table: pd.DataFrame, parameter: str, name: str, dashed: bool) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -19,7 +18,8 @@ from .pretrain import CHECKPOINT_FILE
 from .results import STUDY_FILE
 from .sources import resolve_source, split
 from .storage import Storage, study_storage
-from .study import Distribution, Experiment, Study
+from .study import Experiment, Study
+from .study_file import declared_point
 
 
 def latest_checkpoint(storage: Storage, run: str) -> dict | None:
@@ -53,21 +53,6 @@ def pretrained_model(run_dir: Path, study: Study, row: pd.Series) -> tuple[Video
     return model, experiment, checkpoint
 
 
-def declared_point(study: Study, row: pd.Series) -> dict[str, Any]:
-    """Trial `row`'s sweep point, typed as the study declared it: Parquet keeps an integer column
-    with gaps (decoder_depth, unset on the scratch point) as floats, and a model wants 8, not 8.0."""
-    point = {name: getattr(row[name], "tolist", lambda: row[name])()  # numpy scalars and arrays -> python
-             for name in study.sweep.swept_names() if name in row and not is_missing(row[name])}
-    for name, value in point.items():
-        spec = study.sweep.parameters.get(name)
-        declared = [p[name] for p in study.sweep.points if name in p] + (spec if isinstance(spec, list) else [])
-        integer = spec.type == "int" if isinstance(spec, Distribution) else any(
-            isinstance(v, int) and not isinstance(v, bool) for v in declared)
-        if integer and isinstance(value, float) and value.is_integer():
-            point[name] = int(value)
-    return point
-
-
 def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames: int = 4) -> Path | None:
     """Write the gallery of trial `row` to `out`; None when its checkpoint or study is gone."""
     study_file = run_dir / STUDY_FILE
@@ -95,6 +80,3 @@ def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames
     return out
 
 
-def is_missing(value: Any) -> bool:
-    """None or NaN: a Parquet cell the trial left empty."""
-    return value is None or (isinstance(value, float) and value != value)

@@ -18,6 +18,7 @@ from .findings import METRIC, findings
 from .results import (EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, added_seeds, final_rows, read_trials,
                       settings_changed)
 from .study import Study
+from .study_file import effective_settings
 
 BLANK = "–"  # a cell with no value: a setting a trial did not have (scratch), a spread of one seed
 NONE_FINISHED = "No trial has finished."
@@ -244,7 +245,9 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     if name != facts["study"]:
         facts["run folder"] = name
     metric, mode = ranking(run_dir)
-    found, table, cost = findings(trials, parameters(trials)), summary_table(trials, metric, mode), cost_table(trials)
+    study = saved_study(run_dir)  # the settings a trial ran with where its point left them unset
+    compared = hashable(effective_settings(rows, study)) if study else trials
+    found, table, cost = findings(compared, parameters(trials)), summary_table(trials, metric, mode), cost_table(trials)
     unfinished = unfinished_table(trials)
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_rows(run_dir, out_dir / name)

@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pandas as pd
 import yaml
 from pydantic import ValidationError
 
 from .sources import absolute_source, check_source
 from .study import (DEFAULT_SCALE, SCALES, Distribution, Experiment, PretrainSpec, Study, StudyError, SweepSpec,
-                    set_path)
+                    get_path, set_path)
 
 
 def first_error(error: ValidationError, prefix: str = "") -> str:
@@ -127,12 +128,56 @@ UNUSED_BY_PROTOCOL = {"linear": ("knn_k", "finetune"), "knn": ("epochs", "lr", "
 READ_WITHOUT_PRETRAINING = ("method", "init", "stride", "scales")
 
 
+DECODER_FIELDS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")  # pre-training's alone
+
+
 def unused_settings(experiment: Experiment) -> list[str]:
     """The dotted paths a trial of `experiment` never reads."""
     unused = [f"evaluate.{name}" for name in UNUSED_BY_PROTOCOL[experiment.evaluate.protocol]]
     if not experiment.pretrain.trains:
         unused += [f"pretrain.{name}" for name in PretrainSpec.model_fields if name not in READ_WITHOUT_PRETRAINING]
+        unused += [f"model.overrides.{name}" for name in DECODER_FIELDS]
     return unused
+
+
+def is_missing(value: Any) -> bool:
+    """None or NaN: a Parquet cell the trial left empty."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def declared_point(study: Study, row: pd.Series) -> dict[str, Any]:
+    """Trial `row`'s sweep point, typed as the study declared it: Parquet keeps an integer column
+    with gaps (decoder_depth, unset on the scratch point) as floats, and a model wants 8, not 8.0."""
+    point = {name: getattr(row[name], "tolist", lambda: row[name])()  # numpy scalars and arrays -> python
+             for name in study.sweep.swept_names() if name in row and not is_missing(row[name])}
+    for name, value in point.items():
+        spec = study.sweep.parameters.get(name)
+        declared = [p[name] for p in study.sweep.points if name in p] + (spec if isinstance(spec, list) else [])
+        integer = spec.type == "int" if isinstance(spec, Distribution) else any(
+            isinstance(v, int) and not isinstance(v, bool) for v in declared)
+        if integer and isinstance(value, float) and value.is_integer():
+            point[name] = int(value)
+    return point
+
+
+def effective_settings(trials: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """The rows with each swept setting that a trial's point left unset, but the trial read, filled
+    with the value it ran with (the preset's width; no init: "none"), so that a comparison pairs a
+    baseline only where it ran as the other side did. What a trial never reads (the mask ratio of
+    a scratch trial) stays empty, and pairs with every value."""
+    filled = trials.copy()
+    names = [name for name in study.sweep.swept_names() if name in trials]
+    for index, row in trials.iterrows():
+        unset = [name for name in names if is_missing(row[name])]
+        if not unset:
+            continue
+        experiment = study.experiment(declared_point(study, row))
+        unread, settings = unused_settings(experiment), experiment.model_dump(mode="json")
+        for name in (name for name in unset if not any(name == u or name.startswith(f"{u}.") for u in unread)):
+            value = (getattr(experiment.model.build(), name.rsplit(".", 1)[-1], None)
+                     if name.startswith("model.overrides.") else get_path(settings, name))
+            filled.at[index, name] = "none" if value is None else value
+    return filled
 
 
 def repeated_points(study: Study) -> list[str]:

@@ -29,6 +29,12 @@ def test_summary_interval_and_figure_data():
     assert abs(table["ci95"][0] - 4.303 * 0.1 / 3 ** 0.5) < 1e-6
     line = parameter_figure(trials, "pretrain.mask.ratio").data[1]
     assert list(line.x) == [0.5, 0.9] and [round(v, 6) for v in line.y] == [0.3, 0.6]
+    with_scratch = pd.concat([trials.assign(**{"pretrain.method": "videomae"}), pd.DataFrame(
+        {"status": "ok", "pretrain.method": "scratch", "eval_top1": [0.1, 0.12]})], ignore_index=True)
+    drawn = {trace.name: (list(trace.x), [round(v, 6) for v in trace.y]) for trace in
+             parameter_figure(with_scratch, "pretrain.mask.ratio").data if trace.showlegend is not False}
+    assert drawn["ours"] == ([0.5, 0.9], [0.3, 0.6])  # the swept curve, which a scratch row used to replace
+    assert drawn["scratch"] == ([0.5, 0.9], [0.11, 0.11])  # and the baseline across its range
 
 
 def test_storage_that_cannot_take_results_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
@@ -189,6 +195,44 @@ def test_status_report_and_ls_rank_by_the_metric_the_study_optimizes(tmp_path, c
     assert "## Configurations (pretrain_loss, mean over seeds, 95% interval, lowest first)" in page
     table = page.split("## Configurations")[1]
     assert table.index("| 0.002 |") < table.index("| 0.004 |") < table.index("| 0.001 |")
+
+
+def test_a_baseline_is_compared_only_where_it_ran_as_the_other_side(tmp_path):
+    """A scratch point leaves the swept model width unset, but runs the preset's: it is compared
+    with VideoMAE at that width only (it was paired with every width). A point without an init is
+    not pooled with one that has it (the finding named the init for both). A mask ratio, which a
+    scratch trial never reads, still pairs it with every ratio."""
+    from harness.findings import findings
+    from harness.recorder import record_trial
+    from harness.study_file import effective_settings
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"")
+    path = tmp_path / "width.yaml"
+    path.write_text("name: width\nseeds: [0, 1]\nsweep:\n  points:\n"
+                    "    - {model.overrides.embed_dim: 96, pretrain.mask.ratio: 0.75}\n"
+                    "    - {model.overrides.embed_dim: 192, pretrain.mask.ratio: 0.75}\n"
+                    "    - {model.overrides.embed_dim: 192, pretrain.mask.ratio: 0.75, pretrain.init: weights}\n"
+                    "    - {pretrain.method: scratch}\n")
+    study = load_study(path, check_paths=False)
+    run_dir = tmp_path / "runs" / "width"
+    scores = {96: 0.40, 192: 0.30, "init": 0.90, "scratch": 0.20}
+    for index, point in enumerate(study.sweep.points):
+        key = "scratch" if "pretrain.method" in point else "init" if "pretrain.init" in point else \
+            point["model.overrides.embed_dim"]
+        for seed in (0, 1):
+            record_trial(run_dir, study, f"t{index}{seed}", {"point": point, "seed": seed},
+                         {"eval_top1": scores[key] + 0.01 * seed, "pretrain_loss": 0.9, "wall_time_s": 1.0})
+    rows = pd.read_parquet(run_dir / "trials.parquet")
+    filled = effective_settings(rows, study).set_index("trial_id")
+    assert filled.loc["t30", "model.overrides.embed_dim"] == 192 and filled.loc["t30", "pretrain.init"] == "none"
+    assert pd.isna(filled.loc["t30", "pretrain.mask.ratio"])  # a scratch trial never reads it
+    assert filled.loc["t00", "pretrain.init"] == "none"
+    found = findings(filled.reset_index(), [c for c in rows.columns if "." in c])
+    scratch = found[found["comparison"] == "pretrain.method: videomae vs scratch"]
+    # scratch ran at width 192 without an init: compared there only, with VideoMAE as it ran there alone
+    assert scratch["context"].tolist() == ["model.overrides.embed_dim=192, pretrain.mask.ratio=0.75, pretrain.init=none"]
+    assert scratch["difference"].round(3).tolist() == [0.1]  # 0.30 against 0.20: not pooled with the init's 0.90
 
 
 def test_time_taken_counts_only_the_time_trials_ran():

@@ -232,12 +232,24 @@ def _export(args: argparse.Namespace) -> int:
 
     _outside_job_copy("--out", args.out)
     out = _output_folder("export: --out", args.out)
+    earlier = _exported(out)
     row, written = export_trial(Path(args.run), out, args.trial, args.format)
     print(f"{summary(row)}: wrote {', '.join(str(path) for path in written)}")
+    if earlier and earlier != (row["study"], row["trial_id"]):  # a study may start from that folder (pretrain.init)
+        print(f"  replaced the export of {earlier[0]} trial {earlier[1]} that was there", flush=True)
     if args.format == "hf":
         print(f"load it with transformers.VideoMAEForPreTraining.from_pretrained({str(out)!r}), "
               f"or start a study from it with pretrain.init: {out}")
     return 0
+
+
+def _exported(out: Path) -> tuple[str, str] | None:
+    """The study and trial whose export `out` holds (its harness.json), if any."""
+    try:
+        facts = json.loads((out / "harness.json").read_text())
+        return facts["study"], facts["trial_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ class TrialRecorder(Callback):
             return
         self.last_table = now
         running = [t for t in trials if t.status == "RUNNING"]
-        pending = sum(t.status == "PENDING" for t in trials)
+        pending = max(0, self.total - self.finished - len(running))  # Tune lists only the trials it has made
         lines = [f"  -- {(now - self.started) / 60:.1f} min: {self.finished} finished, {len(running)} running, "
                  f"{pending} waiting (of {self.total})"]
         for trial in running:

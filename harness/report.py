@@ -53,9 +53,10 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
     by = parameters(trials) or ["study"]
     ok = trials[trials["status"] == "ok"]
     table = ok.groupby(by, dropna=False).agg(
-        trials=("trial_id", "count"), wall_min=("wall_time_s", lambda s: s.mean() / 60),
+        trials=("trial_id", "count"), min_per_trial=("wall_time_s", lambda s: s.mean() / 60),
         pretrain_clips_per_s=("pretrain_clips_per_s", "mean"),
-        cpu_hours=("cpu_seconds", lambda s: s.sum() / 3600), gpu_hours=("gpu_seconds", lambda s: s.sum() / 3600))
+        # what the trials held (reserved CPUs and GPUs x wall time), in all: what a cluster bills
+        cpu_hours_held=("cpu_seconds", lambda s: s.sum() / 3600), gpu_hours_held=("gpu_seconds", lambda s: s.sum() / 3600))
     return table.reset_index()
 
 

@@ -208,7 +208,7 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
             started -= sum(epoch.get("epoch_time_s", 0.0) for epoch in earlier)
         skipped.update(bad_files(metrics))
         summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
-                       pretrain_clips_per_s=metrics["clips_per_s"], pretrain_time_s=time.time() - started,
+                       pretrain_clips_per_s=mean_rate(metrics), pretrain_time_s=time.time() - started,
                        pretrain_epochs=[] if shared_from else metrics["epochs"], peak_rss_mb=metrics["peak_rss_mb"],
                        resumed_from_epoch=metrics["resumed_from_epoch"], pretrain_shared_from=shared_from,
                        pretrain_run=shared_from or f"{trial_id}-pretrain")
@@ -239,6 +239,13 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
                    cpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.cpus_per_worker,
                    gpu_seconds=summary["wall_time_s"] * resources.workers_per_trial * resources.gpus_per_worker)
     return _finish(storage, finished, summary)
+
+
+def mean_rate(metrics: dict[str, Any]) -> float:
+    """Pre-training's clips per second over all its epochs (the last report's is its last epoch's)."""
+    epochs = [e for e in metrics.get("epochs", []) if e.get("epoch_time_s")]
+    seconds = sum(e["epoch_time_s"] for e in epochs)
+    return sum(e["clips_per_s"] * e["epoch_time_s"] for e in epochs) / seconds if seconds else metrics["clips_per_s"]
 
 
 def bad_files(metrics: dict[str, Any]) -> dict[str, str]:

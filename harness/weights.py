@@ -15,6 +15,8 @@ from models import PRESETS, VideoMAE, convert_official, convert_transformers
 DECODER_PARTS = ("decoder.", "encoder_to_decoder.", "mask_token")
 # A Hugging Face model's folder (save_pretrained, `hf download --local-dir`, a Hub cache snapshot).
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# a folder's checkpoint: a Hugging Face model's, or `harness export --format official`'s, or a run's own
+FOLDER_WEIGHT_FILES = (*HF_WEIGHT_FILES, "checkpoint.pth", "checkpoint.pt")
 
 
 def load_init(model: VideoMAE, path: str) -> None:
@@ -27,6 +29,8 @@ def load_init(model: VideoMAE, path: str) -> None:
         state = read_weights(Path(path))
     except Exception as error:  # not a file torch reads, or not a mapping of weights
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        if not any(character.isalpha() for character in reason):  # pickle's KeyError on a text file: a byte
+            reason = "neither a PyTorch nor a safetensors file"
         raise ValueError(f"pretrain.init: {path}: not a checkpoint this harness reads ({reason})") from None
     own = model.state_dict()
     shapes = f"the checkpoint has {shape(state)}, the study's model {shape(own)}: set model: to match"
@@ -53,9 +57,10 @@ def load_init(model: VideoMAE, path: str) -> None:
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The weights at `path` in our names, whichever of the three layouts they are in."""
     if path.is_dir():
-        found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
+        found = [path / name for name in FOLDER_WEIGHT_FILES if (path / name).is_file()]
         if not found:
-            raise ValueError(f"a folder without {', '.join(HF_WEIGHT_FILES)} (as a Hugging Face model's folder has)")
+            raise ValueError(f"a folder without {', '.join(FOLDER_WEIGHT_FILES[:-1])} or {FOLDER_WEIGHT_FILES[-1]} "
+                             "(a Hugging Face model's folder, or one `harness export` wrote)")
         path = found[0]
     if path.name.endswith(".safetensors.index.json"):  # a model saved in shards
         shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))

@@ -50,6 +50,10 @@ def test_one_row_per_trial_with_every_swept_parameter(smoke_run):
     assert trials["pretrain_loss"].between(0, 10).all() and trials["eval_top1"].between(0, 1).all()
     assert trials["pretrain_loss_curve"].map(len).eq(2).all()
     assert (trials["wall_time_s"] > 0).all() and (trials["scale"] == "smoke").all()
+    epochs = pd.read_parquet(workdir / "runs" / "mask_ratio" / "epochs.parquet")
+    clips = (epochs["clips_per_s"] * epochs["epoch_time_s"]).groupby(epochs["trial_id"]).sum()
+    rate = clips / epochs.groupby("trial_id")["epoch_time_s"].sum()  # over every epoch, not the last one's
+    assert trials.set_index("trial_id")["pretrain_clips_per_s"].sub(rate).abs().max() < 1e-6
     # Stages read checkpoints where the study keeps them: no pre-trained model copied into /tmp per trial
     assert not copies, f"{len(copies)} checkpoint copies left in {tempfile.gettempdir()}"
 
@@ -225,6 +229,8 @@ def test_export_writes_the_best_trials_model_for_transformers_and_the_official_c
     assert wrong.returncode == 2 and "runs/mask_ratio: no trial nosuch; its trials are " in wrong.stderr
     over = harness("export", "runs/mask_ratio", "--out", "runs/mask_ratio", cwd=workdir)  # not over other files
     assert over.returncode == 2 and "--out runs/mask_ratio: holds other files; give a new or empty folder" in over.stderr
+    replaced = harness("export", "runs/mask_ratio", "--trial", other, "--out", "best", cwd=workdir)  # another's export
+    assert replaced.returncode == 0 and f"  replaced the export of mask_ratio trial {best} that was there" in replaced.stdout
 
 
 @needs_chromium

@@ -94,7 +94,9 @@ def test_pretrain_init_reads_a_hugging_face_model_folder(tmp_path, capsys):
     assert any(key.endswith("attention.attention.q_bias") for key in hub)
     (tmp_path / "hub").mkdir()
     torch.save(hub, tmp_path / "hub" / "pytorch_model.bin")
-    for init in ("current", "current/model.safetensors", "shards", "hub", "hub/pytorch_model.bin"):
+    (tmp_path / "official").mkdir()  # as `harness export --format official` writes it
+    torch.save({"model": to_official(expected), "epoch": 3}, tmp_path / "official" / "checkpoint.pth")
+    for init in ("current", "current/model.safetensors", "shards", "hub", "hub/pytorch_model.bin", "official"):
         ours = VideoMAE(config)  # its own random weights, all replaced
         load_init(ours, str(tmp_path / init))
         for name, value in ours.state_dict().items():
@@ -123,5 +125,11 @@ def test_pretrain_init_reads_a_hugging_face_model_folder(tmp_path, capsys):
         load_init(VideoMAE(config), str(tmp_path / "current"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty: not a checkpoint this harness reads \(a folder without "
-                                         r"model.safetensors, model.safetensors.index.json, pytorch_model.bin"):
+                                         r"model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
+                                         r"checkpoint.pth or checkpoint.pt \(a Hugging Face model's folder, or one "
+                                         r"`harness export` wrote\)\)"):
         load_init(VideoMAE(config), str(tmp_path / "empty"))
+    (tmp_path / "junk.pth").write_text("hello\n")  # pickle read a byte of it as a key, and said only "104"
+    with pytest.raises(ValueError, match=r"junk.pth: not a checkpoint this harness reads \(neither a PyTorch nor a "
+                                         r"safetensors file\)$"):
+        load_init(VideoMAE(config), str(tmp_path / "junk.pth"))

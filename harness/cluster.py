@@ -137,8 +137,11 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
         others = _raylets_running()
         # The dashboard must run: without it Train-inside-Tune leaks placement groups (notes/ray.md).
         # address="local": always a new instance, never a cluster that happens to run here.
+        group = _daemons_in_a_group_of_their_own()
         context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                            log_to_driver=verbose, logging_level=level, runtime_env={"env_vars": env})
+        if group is not None:
+            _back_to_group(group)
     url = context.dashboard_url
     joined = f"cluster {context.address_info.get('gcs_address', address)}" if address else "started locally"
     print(f"Ray {joined}; dashboard: {'http://' + url if url else 'not running'}", flush=True)
@@ -151,6 +154,29 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
               f"too); to queue the trials of every study on one Ray instead: `ray start --head`, then "
               f"`harness run ... --address auto`", flush=True)
     return bool(address)
+
+
+def _daemons_in_a_group_of_their_own() -> int | None:
+    """Start the local Ray's processes outside this command's process group, so that a stop sent
+    to the group (`timeout`, `kill -- -PGID`, a terminal's Ctrl+C) reaches the driver, which stops
+    the study and saves Tune's state, and not the GCS and raylet, which died at once and left it
+    waiting a minute for them. Returns the group to go back to (None: left as it is; a session
+    leader cannot leave its group)."""
+    if not hasattr(os, "setpgid") or os.getsid(0) == os.getpid():
+        return None
+    group = os.getpgrp()
+    try:
+        os.setpgid(0, 0)  # Ray's processes, started now, are born into this new group
+    except OSError:
+        return None
+    return group
+
+
+def _back_to_group(group: int) -> None:
+    try:
+        os.setpgid(0, group)
+    except OSError:  # the group is gone (its other members ended): stay in the new one
+        pass
 
 
 def _raylets_running() -> int:

@@ -379,3 +379,27 @@ def test_a_study_evaluates_given_weights_as_they_are_against_scratch(tmp_path):
                                       "the checkpoint has an encoder 192 wide, 2 blocks deep, on 2x8x8 cubes and a decoder "
                                       "96 wide, 2 blocks deep, the study's model an encoder 192 wide, 3 blocks deep, on "
                                       "2x8x8 cubes and a decoder 96 wide, 2 blocks deep: set model: to match")
+
+
+def test_a_stop_sent_to_the_commands_process_group_stops_the_study_cleanly(tmp_path):
+    """`timeout`, `kill -- -PGID` and a terminal's Ctrl+C signal the whole process group. The local
+    Ray's GCS and raylet were in it and died at once: the driver waited a minute for them, then
+    exited 1 without saving Tune's state. They now run in a group of their own."""
+    import signal
+    import time
+
+    study = write_study(tmp_path, "grouped", pretrain={"epochs": 200, "batch_size": 16})
+    log, code = tmp_path / "out.log", tmp_path / "code"
+    command = f"{sys.executable} -m harness.cli run {study} --runs {tmp_path / 'runs'}"
+    shell = subprocess.Popen(["bash", "-c", f"trap 'true' TERM; {command} > {log} 2>&1; echo $? > {code}"],
+                             cwd=tmp_path, start_new_session=True)  # the shell leads the group, as a job's does
+    deadline = time.time() + 300
+    while "pretrain epoch 1/200" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+        time.sleep(0.5)
+    stopped = time.time()
+    os.killpg(shell.pid, signal.SIGTERM)
+    shell.wait(timeout=120)
+    output = log.read_text()
+    assert code.read_text().strip() == "130", output[-3000:]
+    assert "interrupted: 1 trial(s) did not finish; run the same command again to resume" in output
+    assert time.time() - stopped < 30 and "Failed to connect to GCS" not in output, output[-3000:]

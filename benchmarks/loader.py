@@ -33,7 +33,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.data import SCALES, ClipDataset, decode_cache_mb, multiscale_box, random_window  # noqa: E402
+from harness.data import SCALES, ClipDataset, multiscale_box, random_window  # noqa: E402
+from harness.sources import decode_cache_mb  # noqa: E402
 from harness.synth import SynthParams, generate, real_video_dir  # noqa: E402
 from models import IMAGENET_MEAN, IMAGENET_STD, VideoMAE, make_mask, model_config  # noqa: E402
 

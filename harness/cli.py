@@ -116,16 +116,31 @@ def _outside_job_copy(option: str, path: str) -> None:
                          f"(shared storage), e.g. {option} /shared/{Path(path).name}")
 
 
+CREATED: list[Path] = []  # output folders this command made: removed again if it fails with them empty
+
+
 def _output_folder(option: str, path: str) -> Path:
     """Make an output folder before any work, so that a path that cannot be one is a line naming the option."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise StudyError(f"{option} {folder}: is a file, not a folder")
+    made = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StudyError(f"{option} {folder}: cannot create this folder ({error.strerror})") from None
+    if made:  # innermost first
+        CREATED.extend(p for p in [folder, *folder.parents] if p == made or made in p.parents)
     return folder
+
+
+def _remove_empty_outputs() -> None:
+    """The output folders this command made and left empty (it failed first), innermost first."""
+    for folder in CREATED:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone
+            pass
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -336,10 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a pipe closed early is caught below, not reported at exit
         return code
     except (StudyError, DataError, StorageError, FileNotFoundError) as error:
+        _remove_empty_outputs()
         print(f"harness: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+        _remove_empty_outputs()
+        again = "resume" if args.command == "run" else "finish"
+        print(f"interrupted: run the same command again to {again}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # piped into `head` or a pager that closed: stop quietly, as `ls | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush would fail again

@@ -185,19 +185,6 @@ def _last_line(error: Exception) -> str:
 
 
 # ----------------------------------------------------------------------------- the dataset
-CACHE_ENV = "VIDEOMAE_HARNESS_DECODE_CACHE_MB"
-
-
-def decode_cache_mb() -> float:
-    """What a training dataset may keep decoded, per process: $VIDEOMAE_HARNESS_DECODE_CACHE_MB
-    (default 1024; 0 turns it off). A 16 x 32 x 32 clip takes 48 KB, 16 x 112 x 112 588 KB."""
-    value = os.environ.get(CACHE_ENV, "1024")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        raise DataError(f"{CACHE_ENV} must be a number of MB, not {value!r}") from None
-
-
 class ClipDataset(Dataset):
     """(video, label) per manifest row; video is (C, T, H, W), or (V, C, T, H, W) with V > 1 views.
 

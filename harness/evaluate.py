@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from models import VideoEncoder, temporal_features
 
-from .data import ClipDataset, decode_cache_mb
+from .data import ClipDataset
 from .pretrain import CHECKPOINT_FILE, autocast, resolved_precision, skipped_files, starting_model
 from .session import Session, all_gather, checkpoint_folder, keep_freed_memory, machine
-from .sources import DataError, check_files, resolve_source, split, stratified_subset
+from .sources import DataError, check_files, decode_cache_mb, resolve_source, split, stratified_subset
 from .study import Experiment
 
 

@@ -4,7 +4,9 @@ to fine-tune its encoder), or a checkpoint in the official VideoMAE code's layou
 script's `--finetune`). Either is also a `pretrain.init` for another study."""
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ from .study import Experiment, StudyError
 from .study_file import is_missing
 
 FORMATS = ("hf", "official")
-PROVENANCE_FILE = "harness.json"  # which study, trial and result the weights came from
+PROVENANCE_FILE = "harness.json"  # which study, trial and result the weights came from, written last
+EXPORT_FILES = ("config.json", "model.safetensors", "checkpoint.pth", PROVENANCE_FILE)
 
 
 def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = "hf") -> tuple[pd.Series, list[Path]]:
@@ -30,7 +33,9 @@ def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = 
     trials, study = read_trials(run_dir), saved_study(run_dir)
     if study is None:
         raise StudyError(f"{run_dir}: no study.json: not a run folder `harness run` made")
-    if out.is_dir() and any(out.iterdir()) and not (out / PROVENANCE_FILE).exists():  # not an earlier export
+    foreign = [p for p in out.iterdir() if p.name not in EXPORT_FILES and not p.name.endswith(".partial")] \
+        if out.is_dir() else []
+    if foreign and not (out / PROVENANCE_FILE).exists():  # not an earlier export, whole or interrupted
         raise StudyError(f"export: --out {out}: holds other files; give a new or empty folder")
     row = chosen_trial(trials, trial, run_dir, study.sweep.metric, study.sweep.mode)
     trained = pretrained_model(run_dir, study, row)  # loaded into the study's model before anything is written
@@ -39,25 +44,36 @@ def export_trial(run_dir: Path, out: Path, trial: str | None = None, fmt: str = 
                          "is not there any more, or its storage cannot be read from here")
     model, experiment, checkpoint = trained
     config, state = model.config, model.state_dict()
+    if fmt not in FORMATS:
+        raise StudyError(f"export: --format {fmt}: choose from {', '.join(FORMATS)}")
     out.mkdir(parents=True, exist_ok=True)
+    for name in (PROVENANCE_FILE, *EXPORT_FILES):  # an earlier export's: harness.json first, so none is left
+        (out / name).unlink(missing_ok=True)   # beside the files of this one if it is interrupted
     if fmt == "hf":
         from safetensors.torch import save  # a dependency of timm
 
         hf_config = {"architectures": ["VideoMAEForPreTraining"], "model_type": "videomae",
                      **transformers_config(config, use_mean_pooling=False,
                                            norm_pix_loss=experiment.pretrain.loss != "mse_raw")}
-        (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         tensors = {name: value.contiguous() for name, value in to_transformers(state).items()}
-        (out / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))  # transformers asks "pt"
+        _write(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))  # transformers asks "pt"
+        _write(out / "config.json", (json.dumps(hf_config, indent=2) + "\n").encode())
         written = [out / "config.json", out / "model.safetensors"]
-    elif fmt == "official":
-        torch.save({"model": to_official(state), "epoch": checkpoint.get("epoch")}, out / "checkpoint.pth")
-        written = [out / "checkpoint.pth"]
     else:
-        raise StudyError(f"export: --format {fmt}: choose from {', '.join(FORMATS)}")
+        buffer = io.BytesIO()
+        torch.save({"model": to_official(state), "epoch": checkpoint.get("epoch")}, buffer)
+        _write(out / "checkpoint.pth", buffer.getvalue())
+        written = [out / "checkpoint.pth"]
     facts = provenance(study.name, run_dir, row, experiment)
-    (out / PROVENANCE_FILE).write_text(json.dumps(facts, indent=2, default=str) + "\n")
+    _write(out / PROVENANCE_FILE, (json.dumps(facts, indent=2, default=str) + "\n").encode())
     return row, [*written, out / PROVENANCE_FILE]
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Whole or not at all: an interrupted export leaves no cut file that a reader would take."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def chosen_trial(trials: pd.DataFrame, trial: str | None, run_dir: Path, metric: str = METRIC,

@@ -53,8 +53,7 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
     train_table, val_table, num_classes = labelled_tables(experiment)
     model = build_classifier(experiment, seed, checkpoint, num_classes)
     start_epoch, history = 0, []
-    with session.latest_checkpoint() as latest:
-        state = torch.load(latest / CHECKPOINT_FILE, map_location="cpu", weights_only=True) if latest else None
+    state = session.resumed_state(CHECKPOINT_FILE)
     if state:
         if "metrics" in state:  # tested before an interruption: hand back the result
             return report_final(session, state["metrics"], state)

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from .sources import SPLITS, DataError, check_files, resolve_source, split, stratified_subset
+from .sources import SPLITS, DataError, check_files, decode_cache_mb, resolve_source, split, stratified_subset
 from .study import Study
 from .study_file import DataRead, data_sources, weight_files
 
@@ -21,6 +21,7 @@ def prepare_data(study: Study, where: str = "") -> None:
     ones are listed), train clips, a val (or test) split to evaluate on, and as many train clips
     as a subset asks for. A problem raises DataError naming `where` (the study file) and the field.
     Pre-training on clips that evaluation scores on is noted, not refused."""
+    decode_cache_mb()  # read by every trial: a bad value would fail each of them
     tables: dict[tuple, pd.DataFrame] = {}
     clips_read: list[tuple[DataRead, set[str]]] = []
     for read in data_sources(study):
@@ -38,7 +39,9 @@ def prepare_data(study: Study, where: str = "") -> None:
                 check_files(tables[key], read.source)
                 print(f"  {read.source}: {holding(tables[key])}", flush=True)
         except DataError as error:
-            raise DataError(f"{where}{read.field}: {error}") from None
+            made = (f"; the harness made it: remove {os.path.commonpath(list(tables[key]['path']))} and run again to "
+                    "make it anew") if synth and key in tables else ""
+            raise DataError(f"{where}{read.field}: {error}{made}") from None
         problem = read_problem(tables[key], read, study.resources.workers_per_trial)
         if problem:
             raise DataError(f"{where}{problem}")

@@ -13,9 +13,9 @@ from torch.utils.data import DistributedSampler
 
 from models import VideoMAE, decoder_mask, make_mask
 
-from .data import ClipDataset, decode_cache_mb
+from .data import ClipDataset
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder, keep_freed_memory
-from .sources import check_files, resolve_source, split, stratified_subset
+from .sources import check_files, decode_cache_mb, resolve_source, split, stratified_subset
 from .study import Experiment, PretrainSpec
 from .weights import load_init
 
@@ -146,12 +146,12 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     spec, device = experiment.pretrain, session.device
     model = build_pretrain_model(experiment, seed)
     start_epoch, history, skipped = 0, [], {}
-    with session.latest_checkpoint() as checkpoint:
-        state = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=True) if checkpoint else None
-        if state and (state["epoch"] >= spec.epochs or state["metrics"].get("diverged")):  # ended before an interruption
+    state = session.resumed_state(CHECKPOINT_FILE)
+    if state and (state["epoch"] >= spec.epochs or state["metrics"].get("diverged")):  # ended before an interruption
+        with session.latest_checkpoint() as checkpoint:
             session.report({**state["metrics"], "resumed_from_epoch": state["epoch"]},
                            checkpoint if session.rank == 0 else None)
-            return
+        return
     if state:
         model.load_state_dict(state["model"])
         start_epoch, history = state["epoch"], state["history"]
@@ -165,7 +165,7 @@ def pretrain(experiment: Experiment, seed: int, session: Session) -> None:
     scaler = grad_scaler(experiment.precision, device)
     if state:  # loaded once the model is on its device, which the optimizer's state then follows
         if "optimizer" not in state:
-            raise ValueError(f"{checkpoint}: a finished pre-training of {state['epoch']} epochs, saved without "
+            raise ValueError(f"its last checkpoint, a finished pre-training of {state['epoch']} epochs saved without "
                              f"its optimizer state, cannot be continued to {spec.epochs}")
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:

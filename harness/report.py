@@ -15,8 +15,8 @@ import pandas as pd
 
 from .figures import figures, hashable, parameters, summarize
 from .findings import METRIC, findings
-from .results import (EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, added_seeds, final_rows, read_trials,
-                      settings_changed)
+from .results import (EPOCHS_FILE, STUDY_FILE, TRIALS_FILE, StorageError, added_seeds, final_rows, read_json,
+                      read_trials, settings_changed, write_atomically)
 from .study import Study
 from .study_file import effective_settings
 
@@ -178,7 +178,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def _description(run_dir: Path) -> str:
     path = run_dir / STUDY_FILE
-    return json.loads(path.read_text()).get("description", "") if path.exists() else ""
+    return read_json(path).get("description", "") if path.exists() else ""
 
 
 def saved_study(run_dir: Path) -> Study | None:
@@ -222,7 +222,7 @@ def replaced_run(run_dir: Path, out_dir: Path) -> str | None:
     if target.resolve() == run_dir.resolve() or not all((d / TRIALS_FILE).is_file() for d in (run_dir, target)):
         return None
     if (run_dir / STUDY_FILE).is_file():
-        settings = json.loads((run_dir / STUDY_FILE).read_text())
+        settings = read_json(run_dir / STUDY_FILE)
         changed = settings_changed(target, settings)  # [] when the copy has no study.json
         if changed and not added_seeds(target, settings):
             more = ", ..." if len(changed) > 3 else ""
@@ -277,15 +277,15 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
             + f"{gallery_html}"
             "</body></html>")
     html_path = out_dir / f"{name}.html"
-    html_path.write_text(page)
+    write_atomically(html_path, page)  # whole or not at all: a report stopped midway leaves the last one
     facts_md = "\n".join(f"- **{k}**: {v}" for k, v in facts.items())
-    html_path.with_suffix(".md").write_text(
+    write_atomically(html_path.with_suffix(".md"),
         f"# Study: {name}\n\n{facts_md}\n\n## Findings\n\n{findings_markdown(found)}\n"
         f"## Configurations ({ranked})\n\n{markdown_table(table)}\n"
         f"## Cost\n\n{markdown_table(cost)}"
         + (f"\n## Trials that did not finish\n\n{markdown_table(unfinished)}" if len(unfinished) else "")
         + (f"\n## Reconstructions\n\n![reconstructions]({gallery.name})\n" if gallery else ""))
-    html_path.with_suffix(".json").write_text(json.dumps(
+    write_atomically(html_path.with_suffix(".json"), json.dumps(
         {**facts, "findings": found[["finding", "context", "difference", "verdict"]].to_dict("records") if not found.empty else []}))
     write_index(out_dir)
     return html_path
@@ -313,7 +313,7 @@ def write_index(out_dir: Path) -> Path:
                      f"{html.escape(facts.get('trials', '?'))} trials, {html.escape(facts.get('time it took', ''))}</p>"
                      f"<ul>{verdicts}</ul>")
     index = out_dir / "index.html"
-    index.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Studies</title><style>{STYLE}</style>"
+    write_atomically(index, f"<!doctype html><html><head><meta charset='utf-8'><title>Studies</title><style>{STYLE}</style>"
                      f"</head><body><h1>VideoMAE harness: studies</h1>{''.join(items)}</body></html>")
     return index
 
@@ -351,10 +351,15 @@ def runs_table(runs_root: Path) -> str:
             count, scale = f"0/{planned}" if planned else "0", study.scale if study else "?"
             lines.append(f"{run_dir.name:{width}s} {scale:6s} {count:>7s} trials  no trial has finished yet")
             continue
-        trials = read_trials(run_dir)
+        try:
+            trials = read_trials(run_dir)
+        except StorageError as error:  # one damaged run folder: the others are still listed
+            lines.append(f"{run_dir.name:{width}s} {str(error).removeprefix(str(run_dir) + '/')}")
+            continue
         metric, mode = (study.sweep.metric, study.sweep.mode) if study else (METRIC, "max")
-        ok = trials[(trials["status"] == "ok") & trials[metric].notna()]
-        best = f"best {metric} {best_row(ok, metric, mode)[metric]:.4f}" if len(ok) else "no finished trial"
+        table = summary_table(hashable(trials), metric, mode).dropna(subset=["mean"])  # as status ranks them
+        best = f"best {metric} {table['mean'].iloc[0]:.4f} (mean of {table['n'].iloc[0]})" if len(table) else \
+            "no finished trial"
         count = f"{len(trials)}/{planned}" if planned and planned > len(trials) else str(len(trials))
         scale = ", ".join(sorted(trials["scale"].astype(str).unique()))
         lines.append(f"{run_dir.name:{width}s} {scale:6s} {count:>7s} trials  {best}  last {trials['finished_at'].max()}")

@@ -12,7 +12,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -123,9 +123,9 @@ def settings_changed(run_dir: str | Path, settings: dict) -> list[str]:
     differ from the study that the run folder was made from; [] for a new folder. A path only
     one side has (a field a later version added) is not compared."""
     path = Path(run_dir) / STUDY_FILE
-    if not path.exists():
-        return []
-    before = json.loads(path.read_text())
+    if not path.exists():  # with results beside it, whatever made them is unknown: not resumed as this study
+        return [f"{STUDY_FILE} is missing"] if (Path(run_dir) / TRIALS_FILE).exists() else []
+    before = read_json(path)
     keys = sorted(set(before) & set(settings) - set(RESUME_IGNORES), key=lambda key: (key != "scale", key))
     return [change for key in keys for change in _differences(before[key], settings[key], key)]
 
@@ -137,7 +137,7 @@ def added_seeds(run_dir: str | Path, settings: dict) -> list[int]:
     path = Path(run_dir) / STUDY_FILE
     if not path.exists() or settings["sweep"]["method"] != "grid":
         return []
-    before = json.loads(path.read_text()).get("seeds", [])
+    before = read_json(path).get("seeds", [])
     if not set(before) < set(settings["seeds"]) or settings_changed(run_dir, {**settings, "seeds": before}):
         return []
     return [seed for seed in settings["seeds"] if seed not in before]
@@ -148,8 +148,17 @@ def tune_experiments(run_dir: str | Path) -> list[dict]:
     seeds the study was first run with, then one for each time seeds were added. [] if none."""
     path, study = Path(run_dir) / EXPERIMENTS_FILE, Path(run_dir) / STUDY_FILE
     if path.exists():
+        return read_json(path)
+    return [{"name": "tune", "seeds": read_json(study)["seeds"]}] if study.exists() else []
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file the harness wrote into a run folder; StorageError naming it if it is damaged."""
+    try:
         return json.loads(path.read_text())
-    return [{"name": "tune", "seeds": json.loads(study.read_text())["seeds"]}] if study.exists() else []
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise StorageError(f"{path}: damaged, not the JSON the harness wrote ({str(error).splitlines()[0][:80]}); "
+                           "restore it, or start the study over with --restart (the run folder is set aside)") from None
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -200,7 +209,12 @@ def read_trials(run_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         why = not_a_run(Path(run_dir))
         raise FileNotFoundError(f"{run_dir}: {why}" if why else f"{path}: no results yet (run the study first)")
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowInvalid, OSError) as error:  # emptied or overwritten: not a file the harness wrote
+        raise StorageError(f"{path}: damaged, not a Parquet table ({str(error).splitlines()[0][:80]}); restore "
+                           "it, or move it away and run the study again: finished trials are written again "
+                           "from Ray Tune's state without training") from None
 
 
 def remove_partial_writes(run_dir: str | Path) -> None:

@@ -7,6 +7,7 @@ import ctypes
 import functools
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +65,18 @@ class Session:
         """The newest checkpoint as a local folder while the block runs; None before the first."""
         latest = self.checkpoint_root / "latest" if self.checkpoint_root else None
         yield latest if latest and latest.exists() else None
+
+    def resumed_state(self, file_name: str) -> dict | None:
+        """The state saved in the newest checkpoint's `file_name`, to go on from; None to start the
+        stage over: before the first checkpoint, or when it is gone or cut short since (deleted, a
+        full disk), which is said on stderr instead of failing the trial on every rerun."""
+        try:
+            with self.latest_checkpoint() as folder:
+                return torch.load(folder / file_name, map_location="cpu", weights_only=True) if folder else None
+        except (OSError, RuntimeError, EOFError, ValueError) as error:  # torch's unreadable file, a missing one
+            print(f"warning: the stage's last checkpoint cannot be read ({str(error).splitlines()[0][:160]}): "
+                  "the stage starts over", file=sys.stderr, flush=True)
+            return None
 
 
 SCRATCH = f"videomae-harness-checkpoints-{os.getuid()}"  # under the temp dir: a folder per process

@@ -312,6 +312,24 @@ def check_files(table: pd.DataFrame, source: str = "", show: int = 5) -> None:
         raise DataError(f"{where}{len(missing)} of {len(table)} files in the manifest are missing: {listed}")
 
 
+CACHE_ENV = "VIDEOMAE_HARNESS_DECODE_CACHE_MB"
+
+
+def decode_cache_mb() -> float:
+    """What a training dataset may keep decoded, per process: $VIDEOMAE_HARNESS_DECODE_CACHE_MB
+    (default 1024; 0 turns it off). A 16 x 32 x 32 clip takes 48 KB, 16 x 112 x 112 588 KB.
+    Read by the driver before any trial starts too (prepare.prepare_data), so a bad value stops
+    the command instead of failing every trial."""
+    value = os.environ.get(CACHE_ENV, "1024")
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes >= 0:
+        raise DataError(f"{CACHE_ENV} must be a number of MB, 0 or more (0: keep none), not {value!r}")
+    return megabytes
+
+
 def stratified_subset(table: pd.DataFrame, count: int | None, seed: int = 0) -> pd.DataFrame:
     """`count` rows taken round-robin over classes after a seeded shuffle (nested in count)."""
     if count is None or count >= len(table):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from .results import StorageError
+from .results import StorageError, read_json
 
 STORAGE_FILE = "storage.json"  # in the run folder: where its checkpoints are, when not beside it
 
@@ -93,7 +93,7 @@ def resumed_storage(run_dir: Path, location: str | None) -> tuple[str | None, st
     there (omitted: that one). Asking for another would start every trial again beside the
     recorded ones, so it is refused (StorageError)."""
     record = run_dir / STORAGE_FILE
-    before = json.loads(record.read_text()) if record.exists() else None
+    before = read_json(record) if record.exists() else None
     if before is None and not (run_dir / "tune").exists():
         return (normal_location(location) if location else None), None  # nothing to resume
     if location is None:
@@ -132,6 +132,6 @@ def study_storage(run_dir: Path) -> Storage:
     """Where the study in `run_dir` keeps its checkpoints: the run folder, or its --storage."""
     record = run_dir / STORAGE_FILE
     if record.exists():
-        stored = json.loads(record.read_text())
+        stored = read_json(record)
         return Storage.at(stored["location"], stored.get("folder") or run_dir.name)
     return Storage.at(str(run_dir))

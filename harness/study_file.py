@@ -64,6 +64,8 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     except OSError as error:
         looked = "" if path.is_absolute() else f" (read from {Path.cwd()})"  # a Ray Job runs in a folder of its own
         raise StudyError(f"{path}: cannot read: {error.strerror}{looked}") from None
+    except UnicodeDecodeError as error:
+        raise StudyError(f"{path}: not a text file in UTF-8 (byte {error.start}): a study file is YAML text") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

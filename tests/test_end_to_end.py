@@ -231,6 +231,12 @@ def test_export_writes_the_best_trials_model_for_transformers_and_the_official_c
     assert over.returncode == 2 and "--out runs/mask_ratio: holds other files; give a new or empty folder" in over.stderr
     replaced = harness("export", "runs/mask_ratio", "--trial", other, "--out", "best", cwd=workdir)  # another's export
     assert replaced.returncode == 0 and f"  replaced the export of mask_ratio trial {best} that was there" in replaced.stdout
+    (workdir / "cut").mkdir()  # what an export interrupted before its harness.json leaves: the rerun finishes it
+    (workdir / "cut" / "config.json").write_text("{}")
+    (workdir / "cut" / ".model.safetensors.partial").write_bytes(b"\0" * 10)
+    finished = harness("export", "runs/mask_ratio", "--out", "cut", cwd=workdir)
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(p.name for p in (workdir / "cut").iterdir()) == ["config.json", "harness.json", "model.safetensors"]
 
 
 @needs_chromium

@@ -235,6 +235,45 @@ def test_a_baseline_is_compared_only_where_it_ran_as_the_other_side(tmp_path):
     assert scratch["difference"].round(3).tolist() == [0.1]  # 0.30 against 0.20: not pooled with the init's 0.90
 
 
+def test_damaged_run_files_are_named_in_one_line_and_nothing_is_left_behind(tmp_path, capsys):
+    """An emptied trials.parquet or a study.json overwritten with garbage ended status, report and
+    run in tracebacks; one damaged run stopped `harness ls` listing the others; a failed report
+    left the empty --out folder it had made; a run folder whose study.json was removed was taken
+    for this study's ("nothing left to run" under other settings)."""
+    from harness.cli import main
+    from harness.recorder import record_trial
+
+    study = load_study(REPO / "studies" / "mask_ratio.yaml", "smoke")
+    runs = tmp_path / "runs"
+    for name in ("mask_ratio", "other"):
+        run_dir = runs / name
+        for index, point in enumerate(study.sweep.points):
+            record_trial(run_dir, study, f"t{index}", {"point": point, "seed": 0},
+                         {"eval_top1": 0.2, "pretrain_loss": 0.9, "wall_time_s": 1.0})
+        (run_dir / "study.json").write_text(study.model_dump_json())
+    damaged = runs / "mask_ratio"
+    (damaged / "trials.parquet").write_bytes(b"")
+    for command in (["status", str(damaged)], ["report", str(damaged), "--out", str(tmp_path / "new" / "out")]):
+        assert main(command) == 2
+        assert capsys.readouterr().err.startswith(f"harness: {damaged / 'trials.parquet'}: damaged, not a Parquet table (")
+    assert not (tmp_path / "new").exists()  # the --out folder made for the failed report is gone again
+    assert main(["ls", str(runs)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].split()[:3] == ["mask_ratio", "trials.parquet:", "damaged,"] and listed[1].startswith("other")
+    assert "best eval_top1 0.2000 (mean of 1)" in listed[1]
+    (runs / "other" / "study.json").write_text('{"name": "oth')  # cut short
+    assert main(["run", str(REPO / "studies" / "mask_ratio.yaml"), "--scale", "smoke", "--runs", str(runs),
+                 "--dry-run"]) == 0  # a dry run reads no run folder
+    capsys.readouterr()
+    assert main(["report", str(runs / "other"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"harness: {runs / 'other' / 'study.json'}: damaged, not the JSON")
+    (runs / "other" / "study.json").unlink()  # removed: the rows' settings are unknown
+    other = tmp_path / "other.yaml"
+    other.write_text((REPO / "studies" / "mask_ratio.yaml").read_text().replace("name: mask_ratio", "name: other"))
+    assert main(["run", str(other), "--scale", "smoke", "--runs", str(runs)]) == 2
+    assert "holds a run of this study with other settings (study.json is missing)" in capsys.readouterr().err
+
+
 def test_time_taken_counts_only_the_time_trials_ran():
     """A study given more seeds a day later: the report's wall clock leaves out the day between."""
     from harness.report import _time_taken

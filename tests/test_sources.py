@@ -424,3 +424,25 @@ def test_harness_data_check_reads_a_source_as_a_study_would(tmp_path, capfd):
     assert main(["data", "check", f"folder:{tmp_path / 'synth'}"]) == 2
     assert capfd.readouterr().err.endswith(f"; this one has a manifest: read it with manifest:{tmp_path / 'synth'}"
                                            "/manifest.csv\n")
+
+
+def test_made_data_gone_since_and_a_bad_decode_cache_setting_stop_the_run_before_any_trial(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """A synthetic clip deleted from the cache names the folder to remove so that it is made
+    again; a VIDEOMAE_HARNESS_DECODE_CACHE_MB that is not a size failed every trial, each in turn."""
+    from harness.prepare import prepare_data
+    from harness.study_file import load_study
+
+    monkeypatch.setenv("VIDEOMAE_HARNESS_CACHE", str(tmp_path / "cache"))
+    study = load_study(write_study(tmp_path, "made"))
+    prepare_data(study)
+    made = next((tmp_path / "cache" / "synth").iterdir())
+    next(made.rglob("*.mp4")).unlink()
+    with pytest.raises(DataError, match=rf"pretrain.source: synth:motion: 1 of \d+ files in the manifest are missing: "
+                                        rf".*; the harness made it: remove {made} and run again to make it anew$"):
+        prepare_data(study)
+    for value in ("abc", "-5"):
+        monkeypatch.setenv("VIDEOMAE_HARNESS_DECODE_CACHE_MB", value)
+        with pytest.raises(DataError, match=rf"VIDEOMAE_HARNESS_DECODE_CACHE_MB must be a number of MB, 0 or more "
+                                            rf"\(0: keep none\), not '{value}'$"):
+            prepare_data(study)

@@ -280,6 +280,9 @@ def test_a_study_file_that_is_not_there_names_the_folder_it_was_read_from(tmp_pa
     assert main(["run", "studies/mask_ratio.yaml", "--dry-run"]) == 2
     assert capsys.readouterr().err == (f"harness: studies/mask_ratio.yaml: cannot read: No such file or directory "
                                        f"(read from {tmp_path})\n")
+    (tmp_path / "binary.yaml").write_bytes(b"name: \xff\xfe\n")  # a file of another kind, given by mistake
+    assert main(["run", "binary.yaml", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "harness: binary.yaml: not a text file in UTF-8 (byte 6): a study file is YAML text\n"
 
 
 def test_a_resumed_trial_whose_pretraining_had_finished_shows_no_epoch_as_if_run_again(tmp_path, capsys):

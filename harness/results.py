@@ -211,7 +211,7 @@ def read_trials(run_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{run_dir}: {why}" if why else f"{path}: no results yet (run the study first)")
     try:
         return pd.read_parquet(path)
-    except (pa.ArrowInvalid, OSError) as error:  # emptied or overwritten: not a file the harness wrote
+    except pa.ArrowInvalid as error:  # emptied or overwritten: not a file the harness wrote
         raise StorageError(f"{path}: damaged, not a Parquet table ({str(error).splitlines()[0][:80]}); restore "
                            "it, or move it away and run the study again: finished trials are written again "
                            "from Ray Tune's state without training") from None

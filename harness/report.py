@@ -36,10 +36,9 @@ def summary_table(trials: pd.DataFrame, metric: str = METRIC, mode: str = "max")
     return table.sort_values("mean", ascending=mode == "min")
 
 
-def ranking(run_dir: Path) -> tuple[str, str]:
-    """The metric and mode (max | min) that rank the trials of the run in `run_dir`: its study's
-    `sweep.metric` and `sweep.mode` (eval_top1, max by default)."""
-    study = saved_study(run_dir)
+def ranking(study: Study | None) -> tuple[str, str]:
+    """The metric and mode (max | min) that rank a run's trials: its study's `sweep.metric` and
+    `sweep.mode` (eval_top1, max without a study.json)."""
     return (study.sweep.metric, study.sweep.mode) if study else (METRIC, "max")
 
 
@@ -245,9 +244,9 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     name = run_dir.resolve().name
     if name != facts["study"]:
         facts["run folder"] = name
-    metric, mode = ranking(run_dir)
-    study = saved_study(run_dir)  # the settings a trial ran with where its point left them unset
-    compared = hashable(effective_settings(rows, study)) if study else trials
+    study = saved_study(run_dir)
+    metric, mode = ranking(study)
+    compared = hashable(effective_settings(rows, study)) if study else trials  # settings as the trials ran them
     found, table, cost = findings(compared, parameters(trials)), summary_table(trials, metric, mode), cost_table(trials)
     unfinished = unfinished_table(trials)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -330,7 +329,7 @@ def status_table(run_dir: Path) -> str:
     line = f"{facts['study']} ({facts['scale']} scale): trials recorded {facts['trials']}{took}"
     if "bad videos" in facts:
         line += f"\n{facts['bad videos']}"
-    metric, mode = ranking(run_dir)
+    metric, mode = ranking(study)
     table = summary_table(trials, metric, mode).rename(columns={"mean": metric})  # std, n, ci95: of it
     if table.empty:
         return f"{line}\nno trial has finished yet"
@@ -356,7 +355,7 @@ def runs_table(runs_root: Path) -> str:
         except StorageError as error:  # one damaged run folder: the others are still listed
             lines.append(f"{run_dir.name:{width}s} {str(error).removeprefix(str(run_dir) + '/')}")
             continue
-        metric, mode = (study.sweep.metric, study.sweep.mode) if study else (METRIC, "max")
+        metric, mode = ranking(study)
         table = summary_table(hashable(trials), metric, mode).dropna(subset=["mean"])  # as status ranks them
         best = f"best {metric} {table['mean'].iloc[0]:.4f} (mean of {table['n'].iloc[0]})" if len(table) else \
             "no finished trial"

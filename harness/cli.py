@@ -12,7 +12,7 @@ from typing import Any, Callable
 from .results import TRIALS_FILE, StorageError
 from .sources import DataError
 from .study import DEFAULT_SCALE, SCALES, StudyError
-from .study_file import DataRead, data_sources, load_study, weight_files
+from .study_file import DataRead, data_sources, load_study, study_notes, weight_files
 
 
 def _masks_as_run(study, points: list[dict]) -> list[str]:
@@ -36,6 +36,8 @@ def _masks_as_run(study, points: list[dict]) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.scale, check_paths=not args.dry_run)
+    for note in study_notes(args.study, args.scale):
+        print(f"note: {note}", file=sys.stderr)
     from .sweep import trial_points
 
     if args.dry_run:

@@ -316,7 +316,7 @@ def test_report_does_not_write_over_the_report_of_another_run(tmp_path, capsys):
     assert main(["report", smoke, "--out", str(out)]) == 2
     assert capsys.readouterr().err == (
         f"harness: report {smoke}: {out / 'mask_ratio'} is the report of another run of the study (scale cpu -> smoke, "
-        "evaluate.epochs 200 -> 50, evaluate.train_clips 500 -> None, ...); write it elsewhere with --out DIR, "
+        "evaluate.train_clips 500 -> None, pretrain.epochs 10 -> 2, ...); write it elsewhere with --out DIR, "
         "or over it with --replace\n")
     assert main(["report", partial, smoke, "--out", str(out)]) == 2  # every run checked before any is written
     assert f"{out / 'mask_ratio'} holds 6 finished trials, this run 2;" in capsys.readouterr().err

@@ -238,7 +238,7 @@ def test_a_source_without_what_its_stage_reads_stops_the_run_before_ray_starts(t
     for name, text in (entry for entry in layout if isinstance(entry, tuple)):
         (tmp_path / "videos" / name).write_text(text)
     source = f"folder:{tmp_path / 'videos'}"
-    study = write_study(tmp_path, "short", pretrain={"source": source, "epochs": 1, **extra},
+    study = write_study(tmp_path, "short", pretrain={"source": source, "epochs": 1, "warmup_epochs": 0, **extra},
                         evaluate={"source": source})
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(study), "--runs", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=120)

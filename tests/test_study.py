@@ -9,7 +9,7 @@ import pytest
 
 from harness.cli import main
 from harness.study import StudyError
-from harness.study_file import load_study
+from harness.study_file import load_study, study_notes
 from harness.recorder import shown_epoch, shown_value, trial_phase
 from harness.sweep import resource_plan, trial_points
 from harness.trial import pretrain_key, shares_pretraining
@@ -59,6 +59,43 @@ def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pretrain.mask.ratio" in err and str(path) in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_shipped_studies_set_nothing_their_trials_ignore(path):
+    for scale in ("cpu", "smoke", "paper"):
+        assert study_notes(path, scale) == []
+
+
+def test_settings_no_trial_reads_and_a_warmup_longer_than_training_are_noted(tmp_path, capsys):
+    path = tmp_path / "notes.yaml"
+    path.write_text("""
+name: t
+pretrain: {source: "synth:motion", epochs: 1, mask: {ratio: 0.75}}
+evaluate: {protocol: finetune, epochs: 5, knn_k: 3, finetune: {epochs: 2, warmup_epochs: 4}}
+sweep: {points: [{pretrain.method: scratch}]}
+scales:
+  smoke: {evaluate.protocol: knn, evaluate.features: mean, evaluate.finetune.lr: 1.0e-4}
+""")
+    assert study_notes(path) == [
+        f"{path}: evaluate.epochs: set, but no trial reads it: evaluate.protocol finetune never uses it; "
+        "fine-tuning reads evaluate.finetune.epochs",
+        f"{path}: evaluate.knn_k: set, but no trial reads it: evaluate.protocol finetune never uses it",
+        f"{path}: pretrain.epochs: set, but no trial reads it: no trial pre-trains (pretrain.method scratch)",
+        f"{path}: pretrain.mask.ratio: set, but no trial reads it: no trial pre-trains (pretrain.method scratch)",
+        f"{path}: pretrain.source: set, but no trial reads it: no trial pre-trains (pretrain.method scratch)",
+        f"{path}: evaluate.finetune.warmup_epochs: 4 warm-up epochs in 2 of training: the learning rate never "
+        "reaches evaluate.finetune.lr"]
+    # At a scale that turns the protocol to knn, the top level's fine-tuning recipe is the cpu scale's
+    # business; what the scale itself sets and its trials ignore is still noted.
+    assert [note.split(": ")[1] for note in study_notes(path, "smoke")] == [
+        "evaluate.epochs", "evaluate.finetune.lr", "pretrain.epochs", "pretrain.mask.ratio", "pretrain.source"]
+    path.write_text(BASE.replace("epochs: 1}", "epochs: 1}\nevaluate: {protocol: knn, knn_k: 5}")
+                    .replace("pretrain.mask.ratio: [0.5, 0.9]", "evaluate.protocol: [knn, linear]"))
+    assert study_notes(path) == [f"{path}: pretrain.warmup_epochs: 2 (the default) warm-up epochs in 1 of training: "
+                                 "the learning rate never reaches pretrain.lr"]  # knn_k: the knn trials read it
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert capsys.readouterr().err == f"note: {study_notes(path)[0]}\n"
 
 
 def test_undefined_scale_is_an_error(tmp_path):

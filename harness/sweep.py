@@ -88,22 +88,43 @@ def search_algorithm(study: Study) -> OptunaSearch | SeedRepeater | None:
     return SeedRepeater(searcher, study.seeds) if len(study.seeds) > 1 else searcher
 
 
-def resource_plan(study: Study, cluster: dict[str, float], source: str = "") -> dict[str, Any]:
-    """Per-trial resources and how many trials run at once; StudyError if a trial cannot fit."""
+def resource_plan(study: Study, cluster: dict[str, float], source: str = "",
+                  nodes: list[dict[str, float]] | None = None) -> dict[str, Any]:
+    """Per-trial resources and how many trials run at once; StudyError if a trial cannot fit in
+    the cluster, or a worker on any one of its `nodes` (Ray would wait for one for ever)."""
     res = study.resources
     cpus = res.workers_per_trial * res.cpus_per_worker
     gpus = res.workers_per_trial * res.gpus_per_worker
     have_cpus, have_gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
     if gpus > have_gpus:
-        raise StudyError(f"{source}resources.gpus_per_worker: a trial needs {gpus:g} GPUs, the cluster has {have_gpus:g}")
+        raise StudyError(f"{source}resources.gpus_per_worker: a trial needs {_count(gpus, 'GPU')}, "
+                         f"the cluster has {have_gpus:g}")
     if cpus > have_cpus:
-        raise StudyError(f"{source}resources.cpus_per_worker: a trial needs {cpus:g} CPUs, the cluster has {have_cpus:g}")
+        raise StudyError(f"{source}resources.cpus_per_worker: a trial needs {_count(cpus, 'CPU')}, "
+                         f"the cluster has {have_cpus:g}")
+    if nodes and not any(_holds_a_worker(node, res) for node in nodes):
+        gpu_short = res.gpus_per_worker and not any(node.get("GPU", 0) >= res.gpus_per_worker for node in nodes)
+        worker = _count(res.cpus_per_worker, "CPU") + (f" and {_count(res.gpus_per_worker, 'GPU')}"
+                                                        if res.gpus_per_worker else "")
+        sizes = sorted({(node.get("CPU", 0), node.get("GPU", 0)) for node in nodes}, reverse=True)
+        largest = "; ".join(f"{cpu:g} CPU" + (f" and {gpu:g} GPU" if res.gpus_per_worker else "") for cpu, gpu in sizes)
+        raise StudyError(f"{source}resources.{'gpus' if gpu_short else 'cpus'}_per_worker: a worker needs {worker} "
+                         f"on one node, and no node has that (nodes: {largest})")
     fits = math.floor((have_cpus + 1e-9) / cpus)
     if gpus:
         fits = min(fits, math.floor(have_gpus / gpus))
     concurrent = min(fits, res.max_concurrent_trials or fits)
     return {"trials": study.trial_count(), "cpus_per_trial": cpus, "gpus_per_trial": gpus,
             "concurrent_trials": concurrent, "cluster_cpus": have_cpus, "cluster_gpus": have_gpus}
+
+
+def _count(amount: float, unit: str) -> str:
+    return f"{amount:g} {unit}{'' if amount == 1 else 's'}"
+
+
+def _holds_a_worker(node: dict[str, float], resources: Any) -> bool:
+    return (node.get("CPU", 0) + 1e-9 >= resources.cpus_per_worker
+            and node.get("GPU", 0) + 1e-9 >= resources.gpus_per_worker)
 
 
 def early_stopping(study: Study) -> TrialScheduler | None:
@@ -161,7 +182,8 @@ def _run_study(study: Study, run_dir: Path, address: str | None, restart: bool, 
     # A job scheduler's stop (SIGTERM: Slurm, Kubernetes, `timeout`) ends the run as Ctrl+C does, so Tune
     # saves its state and the unfinished trials are counted; Ray's own handler printed a crash dump.
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    plan = resource_plan(study, ray.cluster_resources(), where)
+    plan = resource_plan(study, ray.cluster_resources(), where,
+                         nodes=[node["Resources"] for node in ray.nodes() if node["Alive"]])
     if restart and (aside := set_aside(run_dir)):  # nothing is written here before the plan fits
         print(f"the earlier run of {study.name} is kept in {aside}", flush=True)
     # Tune cannot add trials to an experiment it restores: added seeds run as an experiment of their own

@@ -14,8 +14,11 @@ def temporal_features(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch
     """Mean over space within each temporal slot, slots concatenated: (B, slots * D).
 
     Keeps temporal order, which motion classes are defined by; a mean over all tokens loses it."""
-    batch, _, dim = tokens.shape
-    slots = grid[0]
+    batch, count, dim = tokens.shape
+    slots, rows, cols = grid
+    if count != slots * rows * cols:
+        raise ValueError(f"temporal_features needs every token of the {slots}x{rows}x{cols} grid "
+                         f"({slots * rows * cols}), not {count}: encode the clip without a mask")
     return tokens.reshape(batch, slots, -1, dim).mean(dim=2).flatten(1)
 
 
@@ -28,8 +31,7 @@ class VideoClassifier(nn.Module):
         self.encoder = VideoEncoder(config, final_norm=False)
         self.fc_norm = nn.LayerNorm(config.embed_dim, eps=config.norm_eps)
         self.head = nn.Linear(config.embed_dim, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.apply(_init_weights)  # the reference's fine-tuning model; from_pretrained replaces the encoder's
         with torch.no_grad():
             self.head.weight.mul_(head_init_scale)
 
@@ -39,6 +41,9 @@ class VideoClassifier(nn.Module):
         """A classifier whose encoder starts from a pre-trained VideoMAE's encoder (with its own
         stochastic depth rate if `drop_path` is given). As in the reference, the encoder's final
         norm is not carried over: fc_norm after pooling replaces it."""
+        if not isinstance(pretrained, VideoMAE):
+            raise TypeError(f"from_pretrained takes a VideoMAE model, got {type(pretrained).__name__}; for a state dict, "
+                            "build VideoMAE(config) and load_state_dict it first")
         config = pretrained.config if drop_path is None else replace(pretrained.config, drop_path=drop_path)
         classifier = cls(config, num_classes, **kwargs)
         encoder_state = {k: v for k, v in pretrained.encoder.state_dict().items() if not k.startswith("norm.")}
@@ -47,6 +52,16 @@ class VideoClassifier(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.encoder(video).mean(dim=1)))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def layer_decay_groups(classifier: VideoClassifier, lr: float, weight_decay: float,

@@ -27,10 +27,11 @@ def config_from_transformers(hf_config: Any) -> ModelConfig:
     decoder_ratio = getattr(hf_config, "decoder_intermediate_size", 0) / getattr(hf_config, "decoder_hidden_size", 1)
     if hasattr(hf_config, "decoder_hidden_size") and abs(mlp_ratio - decoder_ratio) > 1e-9:
         raise ValueError("encoder and decoder MLP ratios differ; this model uses one ratio for both")
-    if hf_config.hidden_act != "gelu" or not hf_config.qv_bias:
-        raise ValueError("only exact-GELU models with q/v biases are supported")
+    if hf_config.hidden_act != "gelu" or not getattr(hf_config, "qv_bias", getattr(hf_config, "qkv_bias", True)):
+        raise ValueError("only exact-GELU models with q/v biases are supported")  # transformers 4 says qkv_bias
     return ModelConfig(
-        img_size=hf_config.image_size, num_frames=hf_config.num_frames, patch_size=hf_config.patch_size,
+        img_size=_square(hf_config.image_size, "image_size"), num_frames=hf_config.num_frames,
+        patch_size=_square(hf_config.patch_size, "patch_size"),
         tubelet_size=hf_config.tubelet_size, in_chans=hf_config.num_channels,
         embed_dim=hf_config.hidden_size, depth=hf_config.num_hidden_layers,
         num_heads=hf_config.num_attention_heads, mlp_ratio=mlp_ratio,
@@ -38,10 +39,21 @@ def config_from_transformers(hf_config: Any) -> ModelConfig:
         decoder_num_heads=hf_config.decoder_num_attention_heads, norm_eps=hf_config.layer_norm_eps)
 
 
+def _square(size: Any, name: str) -> int:
+    """A side from a transformers size, which may be a pair: this model takes square frames only."""
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise ValueError(f"{name} {tuple(size)}: only square frames and patches are supported")
+        size = size[0]
+    return size
+
+
 def transformers_config(config: ModelConfig, **extra: Any) -> dict[str, Any]:
     """The `transformers.VideoMAEConfig` fields of a model of this shape and numerics (layer-norm
     eps included), as its config.json holds them. `qkv_bias` is the name transformers 4 reads;
-    transformers 5 reads it as `qv_bias`."""
+    transformers 5 reads it as `qv_bias`. `use_mean_pooling` is False, as our VideoMAE's encoder
+    ends in a norm (transformers' default, True, leaves it out); a classifier passes True."""
+    extra = {"use_mean_pooling": False, **extra}
     return dict(
         image_size=config.img_size, patch_size=config.patch_size, num_channels=config.in_chans,
         num_frames=config.num_frames, tubelet_size=config.tubelet_size, hidden_size=config.embed_dim,
@@ -153,6 +165,9 @@ def convert_official(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 
     Accepts the raw checkpoint ({"model": ...} or {"module": ...}) or its state dict."""
     state = checkpoint.get("model", checkpoint.get("module", checkpoint))
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError("not a VideoMAE checkpoint: expected a state dict, or one under 'model' or 'module'")
+    state = {key.removeprefix("module."): value for key, value in state.items()}  # saved from a DDP wrapper
     out: dict[str, torch.Tensor] = {}
     finetune = not any(k.startswith("encoder.") for k in state)
     for key, value in state.items():

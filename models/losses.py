@@ -88,9 +88,15 @@ def reconstruction_target(cubes: torch.Tensor, normalize_cubes: bool = True) -> 
     return pixels.transpose(2, 3).flatten(2)
 
 
-def reconstruction_loss(pred: torch.Tensor, target_cubes: torch.Tensor, loss: str) -> torch.Tensor:
-    """Loss between predictions (B, K, patch_dim) and the cubes (B, K, C, P) they reconstruct."""
+def reconstruction_loss(pred: torch.Tensor, target_cubes: torch.Tensor, loss: str,
+                        scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss between predictions (B, K, patch_dim) and the cubes (B, K, C, P) they reconstruct;
+    with `scored` (B, K) bool, the mean over the tokens it marks (VideoMAE V2's cal_loss_mask)."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
     loss_fn, normalize_cubes = LOSSES[loss]
-    return loss_fn(pred.float(), reconstruction_target(target_cubes, normalize_cubes))
+    target = reconstruction_target(target_cubes, normalize_cubes)
+    if scored is None:
+        return loss_fn(pred.float(), target)
+    per_token = loss_fn(pred.float(), target, reduction="none").mean(-1)
+    return (per_token * scored).sum() / scored.sum()

@@ -69,19 +69,20 @@ def make_mask(strategy: str, batch: int, grid: tuple[int, int, int], ratio: floa
         raise ValueError(f"unknown mask strategy {strategy!r}; choose from {list(GENERATORS)}")
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"mask ratio must lie in (0, 1), got {ratio}")
-    return GENERATORS[strategy](batch, grid, ratio, generator)
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    mask = GENERATORS[strategy](batch, grid, ratio, generator)
+    masked = int(mask[0].sum())
+    if masked in (0, mask.shape[1]):
+        raise ValueError(f"a {strategy} mask of ratio {ratio} masks {'no' if masked == 0 else 'every'} token "
+                         f"of the {'x'.join(map(str, grid))} token grid")
+    return mask
 
 
 def decoder_mask(encoder_mask: torch.Tensor, grid: tuple[int, int, int], ratio: float = 0.5,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """VideoMAE V2 dual masking: a running-cell mask for the decoder (True = not reconstructed).
-
-    The loss covers tokens masked for the encoder and kept by the decoder. So that a batch
-    stacks, every sample keeps the same number: rows with more have the surplus dropped at random."""
-    dropped = running_cell_mask(encoder_mask.shape[0], grid, ratio, generator)
-    targets = encoder_mask & ~dropped
-    keep = int(targets.sum(1).min())
-    noise = torch.rand(targets.shape, generator=generator).masked_fill(~targets, 2.0)
-    chosen = noise.argsort(dim=1)[:, :keep]
-    kept = torch.zeros_like(targets).scatter_(1, chosen, True)
-    return ~kept
+    """VideoMAE V2 dual masking: a running-cell mask for the decoder (True = not reconstructed),
+    on the encoder mask's device. As in V2, the decoder gets a mask token for every token this
+    mask keeps, the encoder's visible ones among them, and the loss scores those the encoder
+    masked (`VideoMAE.forward`); the kept count is the same in every sample."""
+    return running_cell_mask(encoder_mask.shape[0], grid, ratio, generator).to(encoder_mask.device)

@@ -1,6 +1,7 @@
 """One registry of VideoMAE model presets; every field can be overridden by keyword."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -43,10 +44,14 @@ class ModelConfig:
     def validate(self) -> None:
         for field in fields(self):  # sizes and counts are whole numbers >= 1; ratios are numbers
             value, whole = getattr(self, field.name), isinstance(field.default, int)
-            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
                 raise ValueError(f"{field.name} must be {'a whole number' if whole else 'a number'}, not {value!r}")
-            if value < (1 if whole else 0) or (field.name in ("mlp_ratio", "norm_eps") and value == 0):
-                raise ValueError(f"{field.name} must be {'at least 1' if whole else 'above 0'}, not {value!r}")
+            positive = field.name in ("mlp_ratio", "norm_eps")
+            if value < (1 if whole else 0) or (positive and value == 0):
+                least = "at least 1" if whole else "above 0" if positive else "at least 0"
+                raise ValueError(f"{field.name} must be {least}, not {value!r}")
+        if self.in_chans != 3:  # the pixel target and the galleries un-normalize with ImageNet's RGB statistics
+            raise ValueError(f"in_chans must be 3 (RGB clips, ImageNet-normalized), not {self.in_chans}")
         if self.drop_path >= 1:
             raise ValueError(f"drop_path must be below 1, not {self.drop_path}")
         if self.img_size % self.patch_size:

@@ -12,8 +12,13 @@ def reconstruct(model: VideoMAE, video: torch.Tensor, mask: torch.Tensor) -> dic
     """Pixels in [0, 1], each (B, C, T, H, W): `original`, `masked` (masked cubes grey) and
     `reconstruction` (visible cubes as given, masked cubes predicted). A normalized-pixel model
     predicts each cube's shape, not its level: the cube's own mean and std are put back."""
-    config = model.config
-    pred = model(video, mask).pred.float()
+    config, training = model.config, model.training
+    model.eval()  # drop path would make the predictions random
+    try:
+        with torch.no_grad():
+            pred = model(video, mask).pred.float()
+    finally:
+        model.train(training)
     pixels = unnormalize(video.float()).clamp(0, 1)
     cubes = patchify(pixels, config.patch_size, config.tubelet_size)  # (B, N, P, C)
     _, normalized = LOSSES[model.loss_name]

@@ -17,7 +17,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .losses import cube_pixels, reconstruction_loss
+from .losses import LOSSES, cube_pixels, reconstruction_loss
 from .presets import ModelConfig
 
 
@@ -40,6 +40,23 @@ def selected_ids(selected: torch.Tensor) -> torch.Tensor:
         raise ValueError("every sample needs the same number of selected tokens")
     order = torch.argsort((~selected).to(torch.uint8), dim=1, stable=True)
     return order[:, :int(counts[0])]
+
+
+def check_mask(mask: torch.Tensor, batch: int, num_tokens: int, name: str = "mask") -> None:
+    """A mask must be bool (B, tokens): a 0/1 integer mask inverted with ~ would select every token."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor (True = masked), not {mask.dtype}")
+    if tuple(mask.shape) != (batch, num_tokens):
+        raise ValueError(f"{name} must be (batch, tokens) = ({batch}, {num_tokens}), not {tuple(mask.shape)}")
+
+
+def visible_token_ids(mask: torch.Tensor, batch: int, num_tokens: int) -> torch.Tensor:
+    """Indices (B, visible) of the tokens a checked encoder mask leaves visible."""
+    check_mask(mask, batch, num_tokens)
+    visible_ids = selected_ids(~mask)
+    if visible_ids.shape[1] == 0:
+        raise ValueError("the mask leaves no token visible to the encoder")
+    return visible_ids
 
 
 def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -96,7 +113,7 @@ class Attention(TimmAttention):
 def _blocks(dim: int, depth: int, heads: int, config: ModelConfig, drop_path: float) -> nn.ModuleList:
     # timm's pre-norm Block (fused SDPA attention). Its k-bias gets no gradient (softmax is
     # shift-invariant per query), so it equals the reference's q/v-bias-only attention.
-    rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path]
+    rates = torch.linspace(0, drop_path, depth).tolist()  # the reference's schedule: 0 for a single block
     norm = partial(nn.LayerNorm, eps=config.norm_eps)
     return nn.ModuleList(
         Block(dim, heads, mlp_ratio=config.mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=norm,
@@ -109,6 +126,7 @@ class VideoEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig, final_norm: bool = True):
         super().__init__()
+        config.validate()
         self.config = config
         self.patch_embed = CubeEmbedding(config)
         self.register_buffer("pos_embed", sincos_table(config.num_tokens, config.embed_dim), persistent=False)
@@ -117,9 +135,19 @@ class VideoEncoder(nn.Module):
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens (B, visible, D) of a normalized clip (B, C, T, H, W); mask True = dropped."""
+        self.check_clip(video)
+        visible_ids = None if mask is None else visible_token_ids(mask, video.shape[0], self.config.num_tokens)
         cubes = cube_pixels(video, self.config.patch_size, self.config.tubelet_size)
-        visible_ids = None if mask is None else selected_ids(~mask)
         return self.forward_cubes(cubes, visible_ids)
+
+    def check_clip(self, video: torch.Tensor) -> None:
+        """The clip must have the config's shape: cubes cut from another size would be gathered
+        at the wrong places without an error."""
+        config = self.config
+        expected = (config.in_chans, config.num_frames, config.img_size, config.img_size)
+        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
+            raise ValueError(f"expected a clip (B, C, T, H, W) = (batch, {', '.join(map(str, expected))}), "
+                             f"not {tuple(video.shape)}")
 
     def forward_cubes(self, cubes: torch.Tensor, visible_ids: torch.Tensor | None) -> torch.Tensor:
         """Encode all cubes (B, N, C, P), or only those at visible_ids (B, K)."""
@@ -153,7 +181,7 @@ class VideoDecoder(nn.Module):
 @dataclass
 class PretrainOutput:
     loss: torch.Tensor
-    pred: torch.Tensor  # (B, target tokens, patch_dim): predictions, in token order
+    pred: torch.Tensor  # (B, predicted tokens, patch_dim) in token order: masked, or decoder-kept, tokens
 
 
 class VideoMAE(nn.Module):
@@ -161,6 +189,8 @@ class VideoMAE(nn.Module):
 
     def __init__(self, config: ModelConfig, loss: str = "mse", final_norm: bool = True):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
         self.config = config
         self.loss_name = loss
         self.encoder = VideoEncoder(config, final_norm=final_norm)
@@ -189,23 +219,32 @@ class VideoMAE(nn.Module):
                             self.mask_token.to(visible.dtype) + gather_tokens(pos, target_ids)], dim=1)
         return self.decoder(tokens, predict_last=target_ids.shape[1])
 
-    def forward_loss(self, cubes: torch.Tensor, target_ids: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        return reconstruction_loss(pred, gather_tokens(cubes, target_ids), self.loss_name)
+    def forward_loss(self, cubes: torch.Tensor, target_ids: torch.Tensor, pred: torch.Tensor,
+                     scored: torch.Tensor | None = None) -> torch.Tensor:
+        return reconstruction_loss(pred, gather_tokens(cubes, target_ids), self.loss_name, scored)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor,
                 decoder_mask: torch.Tensor | None = None) -> PretrainOutput:
         """Normalized clip (B, C, T, H, W), mask (B, tokens) bool with True = masked.
 
-        With `decoder_mask` (True = not reconstructed; V2 dual masking), only tokens masked for
-        the encoder and kept by the decoder are predicted and scored."""
-        targets = mask if decoder_mask is None else mask & ~decoder_mask
-        visible_ids, target_ids = selected_ids(~mask), selected_ids(targets)
-        if target_ids.shape[1] == 0:
-            raise ValueError("no token to reconstruct: the mask must mask something")
+        With `decoder_mask` (True = not reconstructed; VideoMAE V2 dual masking) the decoder
+        predicts every token it keeps, visible ones included, and the loss scores those the
+        encoder masked."""
+        self.encoder.check_clip(video)
+        batch, num_tokens = video.shape[0], self.config.num_tokens
+        visible_ids = visible_token_ids(mask, batch, num_tokens)
+        if decoder_mask is None:
+            target_ids, scored = selected_ids(mask), None
+        else:
+            check_mask(decoder_mask, batch, num_tokens, "decoder_mask")
+            target_ids = selected_ids(~decoder_mask)
+            scored = gather_tokens(mask, target_ids)
+        if target_ids.shape[1] == 0 or (scored is not None and not bool(scored.any())):
+            raise ValueError("no token to reconstruct: the mask must mask something the decoder mask keeps")
         cubes = cube_pixels(video, self.config.patch_size, self.config.tubelet_size)
         pred = self.forward_decoder(self.forward_encoder(cubes, visible_ids), visible_ids, target_ids)
         with torch.autocast(device_type=video.device.type, enabled=False):
-            loss = self.forward_loss(cubes, target_ids, pred)
+            loss = self.forward_loss(cubes, target_ids, pred, scored)
         return PretrainOutput(loss=loss, pred=pred)
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from models import VideoClassifier, VideoMAE, layer_decay_groups, make_mask, model_config, temporal_features, unpatchify
+from models import (VideoClassifier, VideoMAE, convert_official, decoder_mask, layer_decay_groups, make_mask,
+                    model_config, temporal_features, unpatchify)
 from models.losses import cube_pixels, patchify, reconstruction_target
 
 GRID = (8, 4, 4)
@@ -14,6 +15,76 @@ def test_bad_mask_arguments_raise():
         make_mask("tube", 1, GRID, 1.0)
     with pytest.raises(ValueError, match="even token grid"):
         make_mask("running_cell", 1, (8, 3, 3), 0.5)
+
+
+def test_wrong_clips_and_masks_are_refused_in_one_line():
+    """A 0/1 mask of another dtype inverted with ~ selected every token: the encoder saw the masked
+    pixels. A clip or mask of another size was gathered from without an error."""
+    config = model_config("tiny", depth=1, decoder_depth=1)
+    model = VideoMAE(config)
+    video, mask = torch.randn(2, 3, 16, 32, 32), make_mask("tube", 2, config.grid, 0.9)
+    cases = [(video, mask.to(torch.uint8), r"mask must be a bool tensor \(True = masked\), not torch.uint8"),
+             (video, mask[:, :64], r"mask must be \(batch, tokens\) = \(2, 128\), not \(2, 64\)"),
+             (video, mask[:1], r"\(2, 128\), not \(1, 128\)"),
+             (torch.randn(2, 3, 16, 64, 64), mask, r"expected a clip \(B, C, T, H, W\) = \(batch, 3, 16, 32, 32\), "
+                                                    r"not \(2, 3, 16, 64, 64\)"),
+             (video.transpose(1, 2), mask, r"not \(2, 16, 3, 32, 32\)"),  # transformers' (B, T, C, H, W)
+             (video, torch.ones_like(mask), "the mask leaves no token visible")]
+    for clip, bad, message in cases:
+        for run in (lambda: model(clip, bad), lambda: model.encoder(clip, bad)):
+            with pytest.raises(ValueError, match=message):
+                run()
+    with pytest.raises(ValueError, match="decoder_mask must be a bool tensor"):
+        model(video, mask, decoder_mask(mask, config.grid).long())
+    with pytest.raises(ValueError, match="unknown loss 'mae'"):
+        VideoMAE(config, loss="mae")
+    with pytest.raises(ValueError, match="in_chans must be 3"):
+        model_config("tiny", in_chans=1)
+    with pytest.raises(ValueError, match="drop_path must be at least 0"):
+        model_config("tiny", drop_path=-0.1)
+    with pytest.raises(ValueError, match="masks no token of the 1x4x4 token grid"):
+        make_mask("frame", 2, (1, 4, 4), 0.5)
+    with pytest.raises(ValueError, match="needs every token of the 8x4x4 grid"):
+        temporal_features(model.encoder(video, mask), config.grid)
+    with pytest.raises(TypeError, match="from_pretrained takes a VideoMAE model, got OrderedDict"):
+        VideoClassifier.from_pretrained(model.state_dict(), 4)
+    with pytest.raises(ValueError, match="not a VideoMAE checkpoint"):
+        convert_official({"model": {"epoch": 3}})
+
+
+def test_dual_masking_is_videomae_v2s():
+    """V2's forward with a decoder mask and its engine's loss, written out as its code does them
+    (boolean indexing): the decoder gets a mask token for every token the decoder mask keeps,
+    visible ones included, and the loss counts those the encoder masked (cal_loss_mask)."""
+    torch.manual_seed(0)
+    config = model_config("tiny")
+    model = VideoMAE(config).eval()
+    video, generator = torch.randn(2, 3, 16, 32, 32), torch.Generator().manual_seed(0)
+    mask = make_mask("tube", 2, config.grid, 0.75, generator)
+    decode_mask = decoder_mask(mask, config.grid, 0.5, generator)
+    assert (decode_mask.sum(1) == 64).all() and (~mask & ~decode_mask).any(1).all()  # visible ones decoded too
+    ours = model(video, mask, decode_mask)
+    x_vis = model.encoder_to_decoder(model.encoder(video, mask))
+    batch, _, width = x_vis.shape
+    pos = model.decoder_pos_embed.expand(batch, -1, -1)
+    x_full = torch.cat([x_vis + pos[~mask].reshape(batch, -1, width),
+                        model.mask_token + pos[~decode_mask].reshape(batch, -1, width)], dim=1)
+    outputs = model.decoder(x_full, int((~decode_mask[0]).sum()))
+    targets = reconstruction_target(cube_pixels(video, 8, 2))
+    labels = targets[~decode_mask].reshape(batch, -1, targets.shape[-1])
+    loss = ((outputs - labels) ** 2).mean(dim=-1)
+    cal_loss_mask = mask[~decode_mask].reshape(batch, -1)
+    loss = (loss * cal_loss_mask).sum() / cal_loss_mask.sum()
+    assert torch.allclose(ours.pred, outputs) and abs(ours.loss.item() - loss.item()) < 1e-6 * loss.item()
+
+
+def test_reconstruction_is_deterministic_in_a_model_left_training():
+    from models import reconstruct
+    config = model_config("tiny", drop_path=0.5)
+    model = VideoMAE(config).train()
+    video, mask = torch.randn(1, 3, 16, 32, 32), make_mask("tube", 1, config.grid, 0.75)
+    first, second = reconstruct(model, video, mask), reconstruct(model, video, mask)
+    assert torch.equal(first["reconstruction"], second["reconstruction"]) and model.training
 
 
 def test_patchify_round_trips_and_target_is_normalized_per_cube():

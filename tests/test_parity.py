@@ -47,7 +47,7 @@ def test_pretraining_loss_matches_transformers(preset, batch, norm_pix_loss, fin
 @pytest.mark.parametrize("preset", ["tiny", "base"])
 def test_classifier_logits_match_transformers(preset):
     torch.manual_seed(0)
-    theirs = transformers.VideoMAEForVideoClassification(hf_config(preset, num_labels=7)).eval()
+    theirs = transformers.VideoMAEForVideoClassification(hf_config(preset, num_labels=7, use_mean_pooling=True)).eval()
     randomize_biases(theirs)
     ours = from_transformers(theirs).eval()
     video, _ = clip_and_mask(preset, 2)
@@ -106,7 +106,7 @@ def test_pretrain_init_reads_a_hugging_face_model_folder(tmp_path, capsys):
     check_weights(load_study(study))
     assert f"{tmp_path / 'current'}: loads into the tiny model" in capsys.readouterr().out
 
-    classifier = transformers.VideoMAEForVideoClassification(config_to_transformers(config, num_labels=5))
+    classifier = transformers.VideoMAEForVideoClassification(config_to_transformers(config, num_labels=5, use_mean_pooling=True))
     classifier.save_pretrained(tmp_path / "finetuned")
     with pytest.raises(ValueError, match=r"finetuned: has no encoder.norm.weight \(2 missing, 4 unknown\): "
                                          r"a fine-tuned checkpoint"):
@@ -133,3 +133,20 @@ def test_pretrain_init_reads_a_hugging_face_model_folder(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"junk.pth: not a checkpoint this harness reads \(neither a PyTorch nor a "
                                          r"safetensors file\)$"):
         load_init(VideoMAE(config), str(tmp_path / "junk.pth"))
+
+
+def test_configs_of_either_transformers_version_and_their_limits():
+    """transformers 4 names the q/v biases `qkv_bias` (5: `qv_bias`); sizes may be pairs."""
+    from types import SimpleNamespace
+
+    from models import config_from_transformers
+
+    fields = hf_config("tiny").to_dict()
+    version_4 = SimpleNamespace(**{key: value for key, value in fields.items() if key != "qv_bias"}, qkv_bias=True)
+    assert config_from_transformers(version_4) == PRESETS["tiny"]
+    assert config_from_transformers(SimpleNamespace(**{**fields, "image_size": (32, 32)})) == PRESETS["tiny"]
+    with pytest.raises(ValueError, match=r"image_size \(32, 48\): only square frames"):
+        config_from_transformers(SimpleNamespace(**{**fields, "image_size": (32, 48)}))
+    # Our VideoMAE's encoder ends in a norm: its config for transformers keeps that norm by default
+    pretraining = transformers.VideoMAEForPreTraining(hf_config("tiny"))
+    assert pretraining.videomae.layernorm is not None

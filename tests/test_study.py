@@ -98,6 +98,16 @@ scales:
     assert capsys.readouterr().err == f"note: {study_notes(path)[0]}\n"
 
 
+def test_the_paper_scales_fine_tune_on_every_labelled_clip():
+    """The cpu scale's `evaluate.train_clips: 500` is its kNN's label budget: the paper scales, which
+    fine-tune as the paper does, took it over and would have fine-tuned SSV2 on 500 clips."""
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        study = load_study(path, "paper", check_paths=False)
+        for point in study.sweep.grid_points() if study.sweep.method == "grid" else [{}]:
+            if "evaluate.train_clips" not in point:  # data_efficiency's points ask for their subsets
+                assert study.experiment(point).evaluate.train_clips is None, (path.name, point)
+
+
 def test_undefined_scale_is_an_error(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(BASE)
@@ -207,8 +217,22 @@ def test_resource_plan_fits_trials_to_the_cluster(tmp_path):
     assert resource_plan(study, {"CPU": 2})["concurrent_trials"] == 2
     assert resource_plan(study, {"CPU": 16})["concurrent_trials"] == 16
     gpu = study.model_copy(update={"resources": study.resources.model_copy(update={"gpus_per_worker": 1})})
-    with pytest.raises(StudyError, match="needs 1 GPUs, the cluster has 0"):
+    with pytest.raises(StudyError, match="needs 1 GPU, the cluster has 0"):
         resource_plan(gpu, {"CPU": 2})
+    # A worker fits on no single node: Ray would have waited for one for ever, the run showing
+    # "0 running, 1 waiting"; the paper scale's 8 CPUs a GPU on nodes of 4 CPUs a GPU likewise.
+    wide = study.model_copy(update={"resources": study.resources.model_copy(update={"cpus_per_worker": 2})})
+    with pytest.raises(StudyError, match=r"resources.cpus_per_worker: a worker needs 2 CPUs on one node, and no node "
+                                         r"has that \(nodes: 1 CPU\)"):
+        resource_plan(wide, {"CPU": 2}, nodes=[{"CPU": 1}, {"CPU": 1}])
+    assert resource_plan(wide, {"CPU": 3}, nodes=[{"CPU": 1}, {"CPU": 2}])["concurrent_trials"] == 1
+    paper = load_study(MASK_RATIO, "paper", check_paths=False)
+    gpu_nodes = [{"CPU": 4, "GPU": 1}] * 8
+    with pytest.raises(StudyError, match=r"needs 8 CPUs and 1 GPU on one node, and no node has that "
+                                         r"\(nodes: 4 CPU and 1 GPU\)"):
+        resource_plan(paper, {"CPU": 32, "GPU": 8} | {"CPU": 64}, nodes=gpu_nodes)
+    with pytest.raises(StudyError, match="resources.gpus_per_worker: a worker needs 8 CPUs and 1 GPU"):
+        resource_plan(paper, {"CPU": 64, "GPU": 8}, nodes=[{"CPU": 64}, {"CPU": 8, "GPU": 0.5}] * 8)
     # Loader processes beside each worker: on GPUs every CPU but the worker's own, on CPUs none.
     assert study.resources.loader_processes() == 0
     assert load_study(MASK_RATIO, "paper", check_paths=False).resources.loader_processes() == 7  # 8 CPUs, 1 GPU

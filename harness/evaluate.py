@@ -38,14 +38,25 @@ def extract_features(encoder: VideoEncoder, dataset: ClipDataset, session: Sessi
         pooled = temporal_features(tokens, encoder.config.grid) if pooling == "temporal" else tokens.mean(1)
         pooled = pooled.view(len(labels), views, -1).mean(1)
         parts += list(zip(pooled.float().cpu(), labels.tolist()))
-    parts = all_gather(parts)
+    parts = all_gather(without_stand_ins(parts, dataset, shard))
     return torch.stack([f for f, _ in parts]), torch.tensor([label for _, label in parts])
+
+
+def without_stand_ins(parts: list, dataset: ClipDataset, shard: range) -> list:
+    """The results of `shard`'s items (in order), less those of bad videos: on_error: skip puts
+    another clip in a bad one's place, which scoring would count twice."""
+    kept = [part for part, index in zip(parts, shard) if dataset.paths[index] not in dataset.skipped]
+    if parts and not kept:
+        raise DataError(f"no clip of {len(parts)} could be read ({len(dataset.skipped)} bad files, "
+                        f"e.g. {next(iter(dataset.skipped))})")
+    return kept
 
 
 def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, steps: int,
                 lr: float, weight_decay: float, seed: int) -> torch.nn.Module:
     """Full-batch logistic regression on standardized features."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    mean = train_x.mean(0)
+    std = (train_x.std(0) if len(train_x) > 1 else torch.zeros_like(mean)) + 1e-6  # one clip has no spread
     torch.manual_seed(seed)
     linear = torch.nn.Linear(train_x.shape[1], num_classes)
     optimizer = torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=weight_decay)
@@ -146,5 +157,10 @@ def evaluate(experiment: Experiment, seed: int, session: Session, checkpoint: st
         probe = train_probe(train_x, train_y, num_classes, spec.epochs, spec.lr, spec.weight_decay, seed)
         with torch.no_grad():
             logits = probe(val_x)
-    return report_final(session, final_metrics(experiment, logits, val_y, len(train_table), num_classes, datasets,
+        if not bool(torch.isfinite(logits).all()):  # its arg-max would score the first class as if learned
+            metrics = {"stage": "eval", "diverged": True, "protocol": "linear",
+                       "reason": f"the linear probe's scores are not finite (evaluate.lr {spec.lr:g})",
+                       "skipped_files": sorted(skipped_files(datasets).items())}
+            return report_final(session, metrics)
+    return report_final(session, final_metrics(experiment, logits, val_y, len(train_y), num_classes, datasets,
                                                  session.device))

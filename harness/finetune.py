@@ -14,7 +14,7 @@ from torch.utils.data import DistributedSampler
 from models import VideoClassifier, layer_decay_groups
 
 from .data import ClipDataset
-from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final
+from .evaluate import eval_dataset, final_metrics, labelled_tables, report_final, without_stand_ins
 from .pretrain import (CHECKPOINT_FILE, autocast, grad_scaler, lr_at, optimizer_step, scaler_state, skipped_files,
                        starting_model)
 from .session import Session, all_gather, all_reduce_mean, checkpoint_folder
@@ -43,7 +43,7 @@ def predict(model: torch.nn.Module, dataset: ClipDataset, session: Session, batc
             logits = model(video.flatten(0, 1).to(session.device) if views > 1 else video.to(session.device))
         scores = logits.float().softmax(-1).view(len(labels), views, -1).mean(1)
         parts += list(zip(scores.cpu(), labels.tolist()))
-    parts = all_gather(parts)
+    parts = all_gather(without_stand_ins(parts, dataset, shard))
     return torch.stack([s for s, _ in parts]), torch.tensor([label for _, label in parts])
 
 

@@ -65,7 +65,9 @@ def gallery_png(run_dir: Path, row: pd.Series, out: Path, clips: int = 2, frames
     model, experiment, _ = trained
     model.eval()
     table = split(resolve_source(experiment.evaluate.source, experiment.synth_params()), "val").head(clips)
-    video = torch.stack([eval_dataset(experiment, table, train=False)[i][0] for i in range(len(table))])
+    one_view = experiment.model_copy(update={"evaluate": experiment.evaluate.model_copy(
+        update={"test_clips": 1, "test_crops": 1})})  # the centre view of each clip, not all the test views
+    video = torch.stack([eval_dataset(one_view, table, train=False)[i][0] for i in range(len(table))])
     mask = make_mask(experiment.pretrain.mask.strategy, len(table), model.config.grid,
                      experiment.pretrain.mask.ratio, torch.Generator().manual_seed(0))
     shown = reconstruct(model, video, mask)

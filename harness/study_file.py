@@ -240,6 +240,8 @@ def effective_settings(trials: pd.DataFrame, study: Study) -> pd.DataFrame:
         for name in (name for name in unset if not any(name == u or name.startswith(f"{u}.") for u in unread)):
             value = (getattr(experiment.model.build(), name.rsplit(".", 1)[-1], None)
                      if name.startswith("model.overrides.") else get_path(settings, name))
+            if value is None and pd.api.types.is_numeric_dtype(filled[name]):
+                filled[name] = filled[name].astype(object)  # "none" beside numbers: every clip, say
             filled.at[index, name] = "none" if value is None else value
     return filled
 

@@ -223,10 +223,9 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
                            {**loop_config, "checkpoint": checkpoint})
     skipped.update(bad_files(metrics))  # a file bad in both stages counts once
     if metrics.get("diverged"):
-        summary.update(finetune_loss_curve=metrics["finetune_loss_curve"], eval_time_s=time.time() - eval_started)
-        return _finish(storage, finished, _diverged(summary, started, skipped, study_obj.resources,
-                                                    f"non-finite loss or gradient while fine-tuning, at epoch "
-                                                    f"{metrics['epoch']}"))
+        summary.update(finetune_loss_curve=metrics.get("finetune_loss_curve", []), eval_time_s=time.time() - eval_started)
+        reason = metrics.get("reason") or f"non-finite loss or gradient while fine-tuning, at epoch {metrics['epoch']}"
+        return _finish(storage, finished, _diverged(summary, started, skipped, study_obj.resources, reason))
     summary.update(eval_top1=metrics["top1"], eval_top5=metrics["top5"],
                    eval_protocol=metrics["protocol"], precision=metrics["precision"],
                    machine=metrics["machine"],

@@ -175,6 +175,23 @@ def test_report_draws_the_rows(smoke_run):
     assert "mask_ratio.html" in (workdir / "reports" / "index.html").read_text()
 
 
+def test_the_gallery_shows_one_view_of_a_study_that_tests_on_several(smoke_run, tmp_path):
+    """A study testing on 2 clips x 3 crops (every paper scale) crashed the report: the gallery
+    took a clip's stack of views for one clip."""
+    from harness.gallery import gallery_png
+
+    workdir, *_ = smoke_run
+    several = tmp_path / "mask_ratio"
+    shutil.copytree(workdir / "runs" / "mask_ratio", several)
+    study = json.loads((several / "study.json").read_text())
+    study["evaluate"].update(test_clips=2, test_crops=3)
+    (several / "study.json").write_text(json.dumps(study))
+    row = pd.read_parquet(several / "trials.parquet").iloc[0]
+    assert gallery_png(several, row, tmp_path / "several.png") == tmp_path / "several.png"
+    gallery_png(workdir / "runs" / "mask_ratio", row, tmp_path / "one.png")
+    assert (tmp_path / "several.png").read_bytes() == (tmp_path / "one.png").read_bytes()
+
+
 def test_export_writes_the_best_trials_model_for_transformers_and_the_official_code(smoke_run):
     """`harness export`: the best trial's pre-trained model as a folder transformers loads (the
     same loss as ours on the same clip and mask), or as an official-layout checkpoint; both start

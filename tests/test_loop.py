@@ -243,6 +243,18 @@ def test_a_diverging_finetune_stops_and_says_so(tmp_path):
     assert evaluate(experiment, 0, again, None)["diverged"] and len(again.reports) == 1
 
 
+def test_a_linear_probe_whose_scores_are_not_finite_is_recorded_as_diverged(tmp_path):
+    """NaN scores were scored by their arg-max, the first class: top-1 the first class's share,
+    recorded as ok. One labelled clip gave NaN (no spread to standardize by); a huge rate still does."""
+    experiment = Experiment.model_validate({**TINY, "pretrain": {**TINY["pretrain"], "method": "scratch"},
+                                            "evaluate": {**TINY["evaluate"], "protocol": "linear", "lr": 1e30}})
+    metrics = evaluate(experiment, 0, Session(tmp_path / "huge"), None)
+    assert metrics["diverged"] and "top1" not in metrics and "not finite" in metrics["reason"]
+    one = experiment.model_copy(update={"evaluate": experiment.evaluate.model_copy(update={"lr": 1e-2, "train_clips": 1})})
+    metrics = evaluate(one, 0, Session(tmp_path / "one"), None)
+    assert not metrics.get("diverged") and metrics["train_clips"] == 1 and 0 <= metrics["top1"] <= 1
+
+
 def test_freed_tensor_memory_is_kept_and_reused_without_faulting_its_pages_in_again():
     """keep_freed_memory (which the loops call): a step's large tensors, freed at its end, stay in
     the heap and the next step reuses their pages. (glibc's default returns them to the system

@@ -324,3 +324,25 @@ def test_report_does_not_write_over_the_report_of_another_run(tmp_path, capsys):
     assert main(["report", run("more", "cpu", [0, 1, 2, 3]), "--out", str(out)]) == 0 and copied_rows() == 8
     assert main(["report", str(out / "mask_ratio"), "--out", str(out)]) == 0  # rebuilt from its own copy
     assert main(["report", smoke, "--out", str(out), "--replace"]) == 0 and copied_rows() == 2
+
+
+def test_a_point_leaving_a_numeric_swept_setting_unset_is_reported(tmp_path, capsys):
+    """Points with and without `evaluate.train_clips` (all clips): the report filled the unset one
+    with "none" in a float column and crashed; `status` showed it."""
+    from harness.cli import main
+    from harness.recorder import record_trial
+
+    path = tmp_path / "labels.yaml"
+    path.write_text("name: labels\nseeds: [0, 1]\nevaluate: {protocol: knn}\n"
+                    "sweep: {points: [{evaluate.train_clips: 16}, {}]}\n")
+    study = load_study(path)
+    run_dir = tmp_path / "runs" / "labels"
+    for index, point in enumerate(study.sweep.points):
+        for seed in (0, 1):
+            record_trial(run_dir, study, f"t{index}{seed}", {"point": point, "seed": seed},
+                         {"eval_top1": 0.2 + 0.1 * index + 0.01 * seed, "eval_top5": 0.9, "pretrain_loss": 0.9,
+                          "wall_time_s": 60.0, "cpu_seconds": 60.0, "gpu_seconds": 0.0, "eval_protocol": "knn"})
+    (run_dir / "study.json").write_text(study.model_dump_json())
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "reports")]) == 0, capsys.readouterr().err
+    page = (tmp_path / "reports" / "labels.md").read_text()
+    assert "| – | 0.305 |" in page and "| 16 | 0.205 |" in page  # unset: every clip

@@ -55,8 +55,8 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
     start_epoch, history = 0, []
     state = session.resumed_state(CHECKPOINT_FILE)
     if state:
-        if "metrics" in state:  # tested before an interruption: hand back the result
-            return report_final(session, state["metrics"], state)
+        if "metrics" in state:  # tested before an interruption: hand back the result, all of it run before
+            return report_final(session, {**state["metrics"], "resumed_from_epoch": recipe.epochs}, state)
         model.load_state_dict(state["model"])
         start_epoch, history = state["epoch"], state["history"]
     model = session.prepare_model(model)
@@ -105,19 +105,20 @@ def finetune(experiment: Experiment, seed: int, session: Session, checkpoint: st
             return report_final(session, metrics, {"metrics": metrics})
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "loss": all_reduce_mean(loss_sum / max(clips, 1), device),
-                        "lr": lr, "clips_per_s": clips * session.world_size / seconds})
+                        "lr": lr, "clips_per_s": clips * session.world_size / seconds, "epoch_time_s": seconds})
         with checkpoint_folder() as tmp:  # the last epoch's is kept: testing may take minutes
             kept = session.rank == 0 and session.checkpoint_due(epoch + 1 == recipe.epochs)
             if kept:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), **scaler_state(scaler),
                             "epoch": epoch + 1, "history": history}, Path(tmp) / CHECKPOINT_FILE)
-            session.report({"stage": "finetune", **history[-1], "total_epochs": recipe.epochs},
-                           tmp if kept else None)
+            session.report({"stage": "finetune", **history[-1], "total_epochs": recipe.epochs,
+                            "resumed_from_epoch": start_epoch or None}, tmp if kept else None)
 
     val_set = eval_dataset(experiment, val_table, train=False)
     scores, labels = predict(model, val_set, session, spec.batch_size, experiment.precision)
     metrics = {**final_metrics(experiment, scores, labels, len(train_table), num_classes,
                                 [train_set, val_set], device),
-               "finetune_loss_curve": [h["loss"] for h in history]}
+               "finetune_loss_curve": [h["loss"] for h in history], "finetune_epochs": history,
+               "resumed_from_epoch": start_epoch or None}
     return report_final(session, metrics, {"model": core.state_dict(), "epoch": recipe.epochs,
                                            "history": history, "metrics": metrics})

@@ -24,6 +24,7 @@ def prepare_data(study: Study, where: str = "") -> None:
     decode_cache_mb()  # read by every trial: a bad value would fail each of them
     tables: dict[tuple, pd.DataFrame] = {}
     clips_read: list[tuple[DataRead, set[str]]] = []
+    notes: list[str] = []
     for read in data_sources(study):
         if read.stage == "pretrain" and not read.experiment.pretrain.trains:
             continue  # a scratch (or pretrained) trial reads no pre-training data
@@ -46,7 +47,9 @@ def prepare_data(study: Study, where: str = "") -> None:
         if problem:
             raise DataError(f"{where}{problem}")
         clips_read.append((read, clips_of(tables[key], read)))
-    for note in scored_clips_pretrained_on(clips_read, study.sweep.method == "optuna"):
+        notes += read_notes(tables[key], read)
+    notes += scored_clips_pretrained_on(clips_read, study.sweep.method == "optuna")
+    for note in dict.fromkeys(notes):
         print(f"note: {where}{note}", file=sys.stderr, flush=True)
 
 
@@ -168,6 +171,41 @@ def read_problem(table: pd.DataFrame, read: DataRead, workers: int = 1) -> str |
         return (f"{field}: {where}{clips} train clip(s), fewer than resources.workers_per_trial "
                 f"({workers}): a worker would have none to train on")
     return None
+
+
+def read_notes(table: pd.DataFrame, read: DataRead) -> list[str]:
+    """What a stage will do otherwise than its settings say, on this source: a batch larger than
+    the clips it learns from (each step takes them all, at the rate set for the batch), fewer
+    labelled clips than classes, more kNN neighbours than labelled clips, and a class the train
+    or scored split lacks."""
+    experiment, notes = read.experiment, []
+    train = split(table, "train")
+    asked = experiment.pretrain.clips if read.stage == "pretrain" else experiment.evaluate.train_clips
+    clips = min(asked or len(train), len(train))
+    protocol = experiment.evaluate.protocol
+    batch_field = "pretrain.batch_size" if read.stage == "pretrain" else "evaluate.finetune.batch_size"
+    batch = experiment.pretrain.batch_size if read.stage == "pretrain" else experiment.evaluate.finetune.batch_size
+    if (read.stage == "pretrain" or protocol == "finetune") and batch > clips:
+        notes.append(f"{batch_field}: a batch of {batch} is more than the {clips} clip(s) {read.source} gives "
+                     f"{'pre-training' if read.stage == 'pretrain' else 'fine-tuning'}: each step takes those, "
+                     "at the learning rate set for the batch")
+    if read.stage != "evaluate":
+        return notes
+    classes = table["label"].nunique()
+    if clips < classes:
+        notes.append(f"{read.clips_field}: {clips} labelled clip(s) of {read.source}'s {classes} classes: "
+                     "some classes have none to learn from")
+    if protocol == "knn" and experiment.evaluate.knn_k > clips:
+        notes.append(f"evaluate.knn_k: {experiment.evaluate.knn_k} neighbours of {clips} labelled clip(s) of "
+                     f"{read.source}: every labelled clip votes")
+    scored = split(table, "val")
+    if read.source.startswith("synth:"):  # labels drawn clip by clip: a smoke-sized split may lack one
+        return notes
+    for name, rows in (("train", train), (scored["split"].iloc[0] if len(scored) else "val", scored)):
+        if 0 < rows["label"].nunique() < classes:  # its scores cannot reach every class
+            notes.append(f"{read.field}: {read.source}'s {name} split has clips of {rows['label'].nunique()} "
+                         f"of the {classes} classes")
+    return notes
 
 
 def clips_of(table: pd.DataFrame, read: DataRead) -> set[str]:

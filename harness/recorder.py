@@ -29,7 +29,7 @@ class TrialRecorder(Callback):
     def __init__(self, study: Study, run_dir: Path, total: int, recorded: int = 0, table_every_s: float = 60.0):
         self.study, self.run_dir, self.total = study, run_dir, total
         self.finished, self.latest = recorded, {}  # trials done, those of earlier sessions too; trial id -> its last report
-        self.resumed: set[str] = set()  # trials said to resume, in this session
+        self.resumed: set[tuple[str, str]] = set()  # (trial, stage) said to resume, in this session
         self.started, self.table_every_s, self.last_table = time.monotonic(), table_every_s, time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -53,15 +53,16 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         label, stage = _label(trial.config), result.get("stage")
         self.latest[trial.trial_id] = result
-        if stage == "pretrain" and result.get("resumed_from_epoch") and trial.trial_id not in self.resumed:
-            self.resumed.add(trial.trial_id)
-            epoch = result["resumed_from_epoch"]
-            print(f"  [{label}] resumed: " + ("its pre-training had finished" if result.get("epoch") == epoch else
-                                              f"pre-training goes on from its epoch {epoch} checkpoint"), flush=True)
+        if stage in ("pretrain", "finetune") and result.get("resumed_from_epoch") and \
+                (trial.trial_id, stage) not in self.resumed:
+            self.resumed.add((trial.trial_id, stage))
+            epoch, what = result["resumed_from_epoch"], "pre-training" if stage == "pretrain" else "fine-tuning"
+            print(f"  [{label}] resumed: " + (f"its {what} had finished" if result.get("epoch") == epoch else
+                                              f"{what} goes on from its epoch {epoch} checkpoint"), flush=True)
         ran_here = result.get("epoch") != result.get("resumed_from_epoch")  # not the finished run's last, read back
         if stage in ("pretrain", "finetune") and ran_here and shown_epoch(result["epoch"], result["total_epochs"]):
             print(f"  [{label}] {stage} epoch {result['epoch']}/{result['total_epochs']}"
-                  f" loss {result['loss']:.4f} ({result['clips_per_s']:.0f} clips/s)", flush=True)
+                  f" loss {result['loss']:.4f} ({_rate(result['clips_per_s'])} clips/s)", flush=True)
         elif stage == "done":
             self.finished += 1
             record_trial(self.run_dir, self.study, trial.trial_id, trial.config, result)
@@ -115,6 +116,11 @@ def failure_reason(error_file: Path | None) -> str:
     """The last line of a trial's traceback (the exception and its message), or where to look."""
     lines = error_file.read_text().strip().splitlines() if error_file and error_file.exists() else []
     return lines[-1][:500] if lines else "no traceback kept; see the Ray logs"
+
+
+def _rate(per_s: float) -> str:
+    """Clips a second: whole above 10, else two figures (a ViT-B on a CPU reads 0.15, not 0)."""
+    return f"{per_s:.0f}" if per_s >= 10 else f"{per_s:.2g}"
 
 
 def _label(config: dict) -> str:

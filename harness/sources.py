@@ -25,6 +25,7 @@ the list's or manifest's folder; append `?root=DIR` to the source
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -240,9 +241,15 @@ def _lines(list_file: Path) -> list[tuple[int, list[str]]]:
     # utf-8-sig: a list saved by Excel or Notepad starts with a byte-order mark, which would join the first path
     numbered = [(number, line.strip()) for number, line in
                 enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1)]
-    numbered = [(number, line) for number, line in numbered if line and not line.startswith("#")]
+    numbered = [(number, line) for number, line in numbered if line and not _comment(line)]
     comma = bool(numbered) and all("," in line for _, line in numbered)
     return [(number, [p.strip() for p in line.split(",")] if comma else line.split()) for number, line in numbered]
+
+
+def _comment(line: str) -> bool:
+    """A line starting with # that names no video: HMDB51 has clips named "#20_Rhythm_clap_...avi"."""
+    first = re.split(r"[,\s]", line, maxsplit=1)[0]
+    return line.startswith("#") and Path(first).suffix.lower() not in VIDEO_SUFFIXES
 
 
 def _list_manifest(location: Path, root: Path | None) -> pd.DataFrame:

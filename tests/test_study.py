@@ -108,6 +108,17 @@ def test_the_paper_scales_fine_tune_on_every_labelled_clip():
                 assert study.experiment(point).evaluate.train_clips is None, (path.name, point)
 
 
+def test_only_the_batches_a_trial_runs_must_split_over_its_workers(tmp_path):
+    """A kNN study over 3 workers was refused for fine-tuning's default batch of 16, which it never uses."""
+    path = tmp_path / "three.yaml"
+    path.write_text(BASE.replace("epochs: 1}", "epochs: 1, batch_size: 12}\nevaluate: {protocol: knn}\n"
+                                 "resources: {workers_per_trial: 3}"))
+    assert load_study(path).resources.workers_per_trial == 3
+    path.write_text(path.read_text().replace("protocol: knn", "protocol: finetune"))
+    with pytest.raises(StudyError, match="evaluate.finetune.batch_size: a batch of 16 does not split evenly"):
+        load_study(path)
+
+
 def test_undefined_scale_is_an_error(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(BASE)
@@ -188,6 +199,8 @@ def test_the_console_shows_every_epoch_of_short_stages_and_about_twenty_of_long_
     assert paper[:3] == [1, 40, 80] and paper[-1] == 800 and len(paper) == 21
     assert [epoch for epoch in range(1, 52) if shown_epoch(epoch, 51)] == [1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30,
                                                                             33, 36, 39, 42, 45, 48, 51]
+    from harness.recorder import _rate
+    assert [_rate(rate) for rate in (0.153, 3.46, 45.6)] == ["0.15", "3.5", "46"]  # a ViT-B on a CPU was "0 clips/s"
 
 
 def test_progress_lines_show_long_paths_by_their_last_parts():

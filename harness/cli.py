@@ -57,7 +57,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"each trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU, "
               f"{res.gpus_per_worker:g} GPU, {res.loader_processes()} loader process(es) each; "
               f"pre-train {_epochs(reads)} epochs on "
-              f"{_sources(reads, 'pretrain')}, evaluate ({study.evaluate.protocol}) on {_sources(reads, 'evaluate')}")
+              f"{_sources(reads, 'pretrain')}, evaluate "
+              f"({_across_trials(reads, 'evaluate', lambda read: read.experiment.evaluate.protocol, '')}) "
+              f"on {_sources(reads, 'evaluate')}")
         for field, weights in dict.fromkeys((read.field, read.path) for read in weight_files(study)):
             print(f"  {field}: starts from {weights}")
             if not Path(weights).exists():

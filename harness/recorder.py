@@ -113,9 +113,18 @@ def skipped_text(files: list, shown: int = 5) -> str:
 
 
 def failure_reason(error_file: Path | None) -> str:
-    """The last line of a trial's traceback (the exception and its message), or where to look."""
+    """The exception and its message from a trial's traceback, on one line (a pydantic error's
+    message spans lines and ends in a link), or where to look."""
     lines = error_file.read_text().strip().splitlines() if error_file and error_file.exists() else []
-    return lines[-1][:500] if lines else "no traceback kept; see the Ray logs"
+    if not lines:
+        return "no traceback kept; see the Ray logs"
+    starts = [index for index, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    message = [line.strip() for line in lines[starts[-1] if starts else -1:]
+               if not line.strip().startswith("For further information visit")]
+    return " ".join(message)[:500]
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
 
 
 def _rate(per_s: float) -> str:

@@ -148,7 +148,7 @@ class EvaluateSpec(Strict):
     weight_decay: float = Field(1e-3, ge=0)  # linear
     knn_k: int = Field(20, ge=1)           # knn: neighbours that vote
     finetune: FinetuneSpec = FinetuneSpec()
-    batch_size: int = Field(64, ge=1)      # feature extraction and testing batch
+    batch_size: int = Field(64, ge=1)      # videos per worker per forward pass, with all their test views
     test_clips: int = Field(1, ge=1)       # temporal views per video, features averaged
     test_crops: Literal[1, 3] = 1          # spatial views: centre, or both ends and centre
     # Frames of a clip for evaluation: segment = one per T equal segments (TSN; the VideoMAE code

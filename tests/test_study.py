@@ -106,6 +106,9 @@ def test_the_paper_scales_fine_tune_on_every_labelled_clip():
         for point in study.sweep.grid_points() if study.sweep.method == "grid" else [{}]:
             if "evaluate.train_clips" not in point:  # data_efficiency's points ask for their subsets
                 assert study.experiment(point).evaluate.train_clips is None, (path.name, point)
+            # a test pass takes every view of its videos: 64 x 6 ViT-B clips a GPU was the default
+            evaluate = study.experiment(point).evaluate
+            assert evaluate.batch_size * evaluate.test_clips * evaluate.test_crops <= 120, (path.name, point)
 
 
 def test_only_the_batches_a_trial_runs_must_split_over_its_workers(tmp_path):
@@ -371,3 +374,32 @@ def test_a_resumed_trial_whose_pretraining_had_finished_shows_no_epoch_as_if_run
     assert capsys.readouterr().out == "  [ratio=0.9 seed=0] resumed: its pre-training had finished\n"
     recorder.on_trial_result(0, [], Trial, {**report, "epoch": 8, "resumed_from_epoch": 0})  # ran in this session
     assert capsys.readouterr().out == "  [ratio=0.9 seed=0] pretrain epoch 8/8 loss 1.0700 (50 clips/s)\n"
+
+
+def test_a_failed_trials_reason_is_its_exception_not_the_last_line_of_a_long_message(tmp_path):
+    """A pydantic error in a trial printed "failed, running it once more: For further information
+    visit https://errors.pydantic.dev/...", its message's last line."""
+    from harness.recorder import failure_reason
+    from harness.study import Experiment
+
+    try:
+        Experiment.model_validate({"pretrain": {"method": "pretrained"}})
+    except ValueError:
+        import traceback
+        error_file = tmp_path / "error.txt"
+        error_file.write_text("Failure # 1 (occurred at 2026-12-06_13-00-00)\n" + traceback.format_exc())
+    reason = failure_reason(error_file)
+    assert reason.startswith("pydantic_core._pydantic_core.ValidationError: 1 validation error for Experiment")
+    assert "set pretrain.init to a checkpoint" in reason and "errors.pydantic.dev" not in reason
+    error_file.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: boom\n")
+    assert failure_reason(error_file) == "ValueError: boom"
+    assert failure_reason(tmp_path / "gone.txt") == "no traceback kept; see the Ray logs"
+
+
+def test_a_dry_run_names_every_protocol_the_trials_evaluate_with(tmp_path, capsys):
+    path = tmp_path / "protocols.yaml"
+    path.write_text(BASE.replace("epochs: 1}", "epochs: 1, warmup_epochs: 0}\nevaluate: {protocol: knn}")
+                    .replace("sweep: {parameters: {pretrain.mask.ratio: [0.5, 0.9]}}",
+                             "sweep: {points: [{evaluate.protocol: linear}, {}]}"))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert "evaluate (linear | knn) on synth:motion" in capsys.readouterr().out

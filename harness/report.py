@@ -73,6 +73,29 @@ def header(trials: pd.DataFrame, description: str = "", planned: int | None = No
     return {k: v for k, v in facts.items() if v}
 
 
+def _with_setup(facts: dict[str, str], study: Study) -> dict[str, str]:
+    """`facts` with how the trials were scored and what each held, after the protocol names."""
+    points = study.sweep.grid_points() if study.sweep.method == "grid" else [{}]
+    scored = []
+    for spec in (study.experiment(point).evaluate for point in points):
+        how = {"knn": f"knn (k {spec.knn_k})", "linear": f"linear probe ({spec.epochs} steps)",
+               "finetune": f"fine-tuning ({spec.finetune.epochs} epochs)"}[spec.protocol]
+        views = spec.test_clips * spec.test_crops
+        scored.append(f"{how} on {spec.source}, {spec.train_clips or 'all'} labelled clips, "
+                      f"{views} view{'s' if views > 1 else ''} a video ({spec.sampling})")
+    res = study.resources
+    gpus = f" and {res.gpus_per_worker:g} GPU" if res.gpus_per_worker else ""
+    held = (f"{res.workers_per_trial} worker(s) a trial, each {res.cpus_per_worker:g} CPU{gpus}"
+            f"{f' and {res.loader_processes()} loader processes' if res.loader_processes() else ''}")
+    setup = {"evaluation": " | ".join(dict.fromkeys(scored)), "resources": held}
+    ordered = {}
+    for key, value in facts.items():
+        ordered[key] = setup.pop(key, value)
+        if key == "evaluation":
+            ordered.update(setup)
+    return {**ordered, **setup}
+
+
 def _time_taken(trials: pd.DataFrame) -> str:
     """The wall-clock time in which trials ran, and the trials' time added up; empty when no
     trial ran to its end (a failed trial records no wall time). A study resumed or given more
@@ -245,6 +268,8 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     if name != facts["study"]:
         facts["run folder"] = name
     study = saved_study(run_dir)
+    if study:
+        facts = _with_setup(facts, study)
     metric, mode = ranking(study)
     compared = hashable(effective_settings(rows, study)) if study else trials  # settings as the trials ran them
     found, table, cost = findings(compared, parameters(trials)), summary_table(trials, metric, mode), cost_table(trials)

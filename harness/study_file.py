@@ -170,6 +170,11 @@ def study_notes(path: str | Path, scale: str = DEFAULT_SCALE) -> list[str]:
                 default = " (the default)" if schedule.warmup_epochs == type(schedule).model_fields["warmup_epochs"].default else ""
                 notes.append(f"{path}: {stage}.warmup_epochs: {schedule.warmup_epochs}{default} warm-up epochs in "
                              f"{schedule.epochs} of training: the learning rate never reaches {stage}.lr")
+    res = study.resources
+    if res.loader_processes() >= res.cpus_per_worker:  # auto leaves one CPU to the worker itself
+        notes.append(f"{path}: resources.loader_workers: {res.loader_processes()} loader processes beside each worker "
+                     f"of {res.cpus_per_worker:g} CPU(s): they and the training share those CPUs "
+                     "(auto: cpus_per_worker - 1 on GPUs)")
     return list(dict.fromkeys(notes))
 
 

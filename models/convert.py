@@ -29,6 +29,9 @@ def config_from_transformers(hf_config: Any) -> ModelConfig:
         raise ValueError("encoder and decoder MLP ratios differ; this model uses one ratio for both")
     if hf_config.hidden_act != "gelu" or not getattr(hf_config, "qv_bias", getattr(hf_config, "qkv_bias", True)):
         raise ValueError("only exact-GELU models with q/v biases are supported")  # transformers 4 says qkv_bias
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if getattr(hf_config, name, 0.0):  # VideoMAE uses none; ours has none to set
+            raise ValueError(f"{name} {getattr(hf_config, name)}: dropout is not supported (VideoMAE uses none)")
     return ModelConfig(
         img_size=_square(hf_config.image_size, "image_size"), num_frames=hf_config.num_frames,
         patch_size=_square(hf_config.patch_size, "patch_size"),

@@ -145,6 +145,8 @@ def test_configs_of_either_transformers_version_and_their_limits():
     version_4 = SimpleNamespace(**{key: value for key, value in fields.items() if key != "qv_bias"}, qkv_bias=True)
     assert config_from_transformers(version_4) == PRESETS["tiny"]
     assert config_from_transformers(SimpleNamespace(**{**fields, "image_size": (32, 32)})) == PRESETS["tiny"]
+    with pytest.raises(ValueError, match="hidden_dropout_prob 0.1: dropout is not supported"):
+        config_from_transformers(SimpleNamespace(**{**fields, "hidden_dropout_prob": 0.1}))
     with pytest.raises(ValueError, match=r"image_size \(32, 48\): only square frames"):
         config_from_transformers(SimpleNamespace(**{**fields, "image_size": (32, 48)}))
     # Our VideoMAE's encoder ends in a norm: its config for transformers keeps that norm by default

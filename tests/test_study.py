@@ -96,6 +96,10 @@ scales:
                                  "the learning rate never reaches pretrain.lr"]  # knn_k: the knn trials read it
     assert main(["run", str(path), "--dry-run"]) == 0
     assert capsys.readouterr().err == f"note: {study_notes(path)[0]}\n"
+    path.write_text(path.read_text().replace("epochs: 1}", "epochs: 1, warmup_epochs: 0}")
+                    + "resources: {cpus_per_worker: 2, loader_workers: 2}\n")
+    assert study_notes(path) == [f"{path}: resources.loader_workers: 2 loader processes beside each worker of 2 CPU(s): "
+                                 "they and the training share those CPUs (auto: cpus_per_worker - 1 on GPUs)"]
 
 
 def test_the_paper_scales_fine_tune_on_every_labelled_clip():

@@ -12,7 +12,8 @@ from typing import Any, Callable
 from .results import TRIALS_FILE, StorageError
 from .sources import DataError
 from .study import DEFAULT_SCALE, SCALES, StudyError
-from .study_file import DataRead, data_sources, load_study, study_notes, weight_files
+from .study_file import DataRead, data_sources, load_study, weight_files
+from .study_notes import study_notes
 
 
 def _masks_as_run(study, points: list[dict]) -> list[str]:

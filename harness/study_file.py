@@ -17,8 +17,8 @@ import yaml
 from pydantic import ValidationError
 
 from .sources import absolute_source, check_source
-from .study import (DEFAULT_SCALE, SCALES, Distribution, Experiment, FinetuneSpec, PretrainSpec, Study, StudyError, SweepSpec,
-                    get_path, set_path)
+from .study import (DEFAULT_SCALE, SCALES, Distribution, Experiment, PretrainSpec, Study,
+                    StudyError, SweepSpec, get_path, set_path)
 
 
 def first_error(error: ValidationError, prefix: str = "") -> str:
@@ -59,14 +59,14 @@ def load_study(path: str | Path, scale: str = DEFAULT_SCALE, check_paths: bool =
     """Read and validate a study file; raise StudyError with one line naming file and field.
     `check_paths=False` leaves out whether the data paths exist here (a dry run for a cluster)."""
     path = Path(path)
-    raw, scales = _read(path, scale)
-    study = _at_scale(raw, scales, scale, path, check_paths)
+    raw, scales = read_raw(path, scale)
+    study = study_at_scale(raw, scales, scale, path, check_paths)
     for other in sorted({DEFAULT_SCALE, *scales} - {scale}):  # a mistake in a scale not run now is one still
-        _at_scale(raw, scales, other, path, check_paths=False)
+        study_at_scale(raw, scales, other, path, check_paths=False)
     return study
 
 
-def _read(path: Path, scale: str) -> tuple[dict, dict]:
+def read_raw(path: Path, scale: str) -> tuple[dict, dict]:
     """The study file's top level and its `scales:` overrides, checked to be mappings."""
     try:
         raw = yaml.load(path.read_text(), Loader=_StudyLoader)  # safe_load, refusing repeated keys
@@ -93,7 +93,7 @@ def _read(path: Path, scale: str) -> tuple[dict, dict]:
     return raw, scales
 
 
-def _at_scale(raw: dict, scales: dict, scale: str, path: Path, check_paths: bool) -> Study:
+def study_at_scale(raw: dict, scales: dict, scale: str, path: Path, check_paths: bool) -> Study:
     """The study file's values with `scale`'s overrides, validated and checked; a mistake in an
     override is named where it is written (scales.<scale>.<key>)."""
     raw, overrides = copy.deepcopy(raw), scales.get(scale) or {}
@@ -111,7 +111,7 @@ def _at_scale(raw: dict, scales: dict, scale: str, path: Path, check_paths: bool
     except ValidationError as error:
         message = first_error(error)
         field = message.split(": ", 1)[0]
-        overridden = any(field == key or field.startswith(f"{key}.") for key in map(str, overrides))
+        overridden = is_under(field, [str(key) for key in overrides])
         raise StudyError(f"{path}: {f'scales.{scale}.' if overridden else ''}{message}") from None
     _check_sweep(study, path)
     _check_batches(study, path)
@@ -148,65 +148,9 @@ def unused_settings(experiment: Experiment) -> list[str]:
     return unused
 
 
-def study_notes(path: str | Path, scale: str = DEFAULT_SCALE) -> list[str]:
-    """What a (valid) study file sets that its trials will not do as written, worth a line before it
-    runs: settings no trial reads (`knn_k` under a linear probe; `evaluate.epochs` under
-    fine-tuning, which reads `evaluate.finetune.epochs`), and a warm-up longer than the training,
-    which never reaches the peak rate (the reference's schedule refuses one). A top-level setting
-    that only the `cpu` scale reads is not noted at another scale that changes the protocol."""
-    path = Path(path)
-    raw, scales = _read(path, scale)
-    study = _at_scale(raw, scales, scale, path, check_paths=False)
-    overridden = [str(key) for key in scales.get(scale) or {}] if scale != DEFAULT_SCALE else []
-    top_unread = _unread(_at_scale(raw, scales, DEFAULT_SCALE, path, check_paths=False)) if overridden else {}
-    notes = [f"{path}: {name}: set, but no trial reads it: {why}" for name, why in _unread(study).items()
-             if not overridden or name in top_unread
-             or any(name == key or name.startswith(f"{key}.") for key in overridden)]
-    for experiment in (study.experiment(point) for point in _points_to_check(study.sweep)):
-        stages = [("pretrain", experiment.pretrain)] if experiment.pretrain.trains else []
-        stages += [("evaluate.finetune", experiment.evaluate.finetune)] if experiment.evaluate.protocol == "finetune" else []
-        for stage, schedule in stages:
-            if schedule.warmup_epochs > schedule.epochs:
-                default = " (the default)" if schedule.warmup_epochs == type(schedule).model_fields["warmup_epochs"].default else ""
-                notes.append(f"{path}: {stage}.warmup_epochs: {schedule.warmup_epochs}{default} warm-up epochs in "
-                             f"{schedule.epochs} of training: the learning rate never reaches {stage}.lr")
-    res = study.resources
-    if res.loader_processes() >= res.cpus_per_worker:  # auto leaves one CPU to the worker itself
-        notes.append(f"{path}: resources.loader_workers: {res.loader_processes()} loader processes beside each worker "
-                     f"of {res.cpus_per_worker:g} CPU(s): they and the training share those CPUs "
-                     "(auto: cpus_per_worker - 1 on GPUs)")
-    return list(dict.fromkeys(notes))
-
-
-def _unread(study: Study) -> dict[str, str]:
-    """The dotted paths the study sets outside its sweep that none of its trials reads, and why."""
-    experiments = [study.experiment(point) for point in _points_to_check(study.sweep)]
-    found = {}
-    for name in sorted(set.intersection(*(_set_but_unread(study, experiment) for experiment in experiments))):
-        if name.startswith("evaluate."):
-            protocols = sorted({experiment.evaluate.protocol for experiment in experiments})
-            field = name.split(".")[1]
-            hint = (f"; fine-tuning reads evaluate.finetune.{field}"
-                    if protocols == ["finetune"] and field in FinetuneSpec.model_fields else "")
-            found[name] = f"evaluate.protocol {' / '.join(protocols)} never uses it{hint}"
-        else:
-            methods = sorted({experiment.pretrain.method for experiment in experiments})
-            found[name] = f"no trial pre-trains (pretrain.method {' / '.join(methods)})"
-    return found
-
-
-def _set_but_unread(study: Study, experiment: Experiment) -> set[str]:
-    """The dotted paths the study file sets outside its sweep that `experiment` never reads."""
-    unread = unused_settings(experiment)
-    given = study.model_dump(include={"model", "pretrain", "evaluate"}, exclude_unset=True)
-    return {name for name in _leaf_paths(given) if any(name == u or name.startswith(f"{u}.") for u in unread)}
-
-
-def _leaf_paths(tree: dict, prefix: str = "") -> list[str]:
-    paths = []
-    for key, value in tree.items():
-        paths += _leaf_paths(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
-    return paths
+def is_under(name: str, paths: list[str]) -> bool:
+    """Whether dotted path `name` is one of `paths` or lies under one."""
+    return any(name == path or name.startswith(f"{path}.") for path in paths)
 
 
 def is_missing(value: Any) -> bool:
@@ -242,7 +186,7 @@ def effective_settings(trials: pd.DataFrame, study: Study) -> pd.DataFrame:
             continue
         experiment = study.experiment(declared_point(study, row))
         unread, settings = unused_settings(experiment), experiment.model_dump(mode="json")
-        for name in (name for name in unset if not any(name == u or name.startswith(f"{u}.") for u in unread)):
+        for name in (name for name in unset if not is_under(name, unread)):
             value = (getattr(experiment.model.build(), name.rsplit(".", 1)[-1], None)
                      if name.startswith("model.overrides.") else get_path(settings, name))
             if value is None and pd.api.types.is_numeric_dtype(filled[name]):
@@ -308,19 +252,18 @@ def _check_batches(study: Study, path: Path) -> None:
     """A global batch must split evenly over a trial's workers: 32 over 3 would train on 30 a step
     while the rows say 32."""
     workers, sweep = study.resources.workers_per_trial, study.sweep
-    for point in _points_to_check(sweep):
+    for point in points_to_check(sweep):
         experiment = study.experiment(point)
         batches = {"pretrain.batch_size": experiment.pretrain.batch_size,
                    "evaluate.finetune.batch_size": experiment.evaluate.finetune.batch_size}
         unread = unused_settings(experiment)  # a default of a stage the trial does not run is no matter
-        for name, batch in ((name, batch) for name, batch in batches.items()
-                            if not any(name.startswith(f"{u}.") for u in unread)):
+        for name, batch in ((name, batch) for name, batch in batches.items() if not is_under(name, unread)):
             if batch % workers:
                 raise StudyError(f"{path}: {_where(sweep, name, point)}: a batch of {batch} does not split "
                                  f"evenly over resources.workers_per_trial ({workers})")
 
 
-def _points_to_check(sweep: SweepSpec) -> list[dict[str, Any]]:
+def points_to_check(sweep: SweepSpec) -> list[dict[str, Any]]:
     """A grid's points; of an Optuna sweep, the base and each listed value alone (its ranges are
     drawn at run time)."""
     return sweep.grid_points() if sweep.method == "grid" else [{}] + [

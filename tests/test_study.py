@@ -9,7 +9,8 @@ import pytest
 
 from harness.cli import main
 from harness.study import StudyError
-from harness.study_file import load_study, study_notes
+from harness.study_file import load_study
+from harness.study_notes import study_notes
 from harness.recorder import shown_epoch, shown_value, trial_phase
 from harness.sweep import resource_plan, trial_points
 from harness.trial import pretrain_key, shares_pretraining
@@ -124,6 +125,9 @@ def test_only_the_batches_a_trial_runs_must_split_over_its_workers(tmp_path):
     path.write_text(path.read_text().replace("protocol: knn", "protocol: finetune"))
     with pytest.raises(StudyError, match="evaluate.finetune.batch_size: a batch of 16 does not split evenly"):
         load_study(path)
+    path.write_text("name: t\npretrain: {method: scratch}\nevaluate: {protocol: finetune, finetune: {batch_size: 12}}\n"
+                    "resources: {workers_per_trial: 3}\n")
+    assert load_study(path).pretrain.batch_size == 32  # pre-training's: no trial runs it
 
 
 def test_undefined_scale_is_an_error(tmp_path):

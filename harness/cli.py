@@ -196,7 +196,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     from .study import SynthSpec
     from .study_file import first_error
-    from .synth import DOMAINS, PARAMS_FILE, SynthParams, generate
+    from .synth import DECORD_UNREADABLE_WIDTHS, DOMAINS, PARAMS_FILE, SynthParams, generate, unreadable_widths
 
     if args.domain not in DOMAINS:
         raise StudyError(f"data synth: unknown domain {args.domain!r}; choose from {list(DOMAINS)}")
@@ -210,6 +210,9 @@ def _synth(args: argparse.Namespace) -> int:
     for option, value, least in (("--frames", args.frames, 1), ("--size", args.size, 8)):
         if value < least:
             raise StudyError(f"data synth: {option}: must be at least {least}, not {value}")
+    if args.size in DECORD_UNREADABLE_WIDTHS:
+        raise StudyError(f"data synth: --size: decord cannot decode frames {args.size} pixels wide "
+                         f"({unreadable_widths()}); choose another size")
     out = _output_folder("data synth: --out", args.out)
     if any(out.iterdir()) and not (out / PARAMS_FILE).exists():  # not a domain made here
         raise StudyError(f"data synth: --out {out}: holds other files; give a new or empty folder")

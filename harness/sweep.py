@@ -13,7 +13,7 @@ import pandas as pd
 import ray
 import ray.tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
@@ -127,18 +127,50 @@ def _holds_a_worker(node: dict[str, float], resources: Any) -> bool:
             and node.get("GPU", 0) + 1e-9 >= resources.gpus_per_worker)
 
 
-def early_stopping(study: Study) -> TrialScheduler | None:
-    """ASHA over the pre-training epochs, if the study asks for it (see EarlyStoppingSpec)."""
+def early_stopping(study: Study, state_file: Path | None = None) -> TrialScheduler | None:
+    """ASHA over the pre-training epochs, if the study asks for it (see EarlyStoppingSpec); its rung
+    records kept in `state_file` (and read back from it when a run resumes)."""
     spec = study.sweep.early_stopping
     if spec is None:
         return None
     swept = study.sweep.parameters.get("pretrain.epochs")
     epochs = max([study.pretrain.epochs, *(swept if isinstance(swept, list) else [])]
                  + [int(point.get("pretrain.epochs", 0)) for point in study.sweep.points])
-    # stop_last_trials=False: a trial that reaches the last epoch goes on to its evaluation.
-    return ASHAScheduler(
-        time_attr="pretrain_epoch", metric="pretrain_loss", mode="min", max_t=max(epochs, spec.grace_period),
-        grace_period=spec.grace_period, reduction_factor=spec.reduction_factor, stop_last_trials=False)
+    return EarlyStopping(state_file, time_attr="pretrain_epoch", metric="pretrain_loss", mode="min",
+                         max_t=max(epochs, spec.grace_period), grace_period=spec.grace_period,
+                         reduction_factor=spec.reduction_factor, stop_last_trials=False)
+
+
+class EarlyStopping(ASHAScheduler):
+    """ASHA that lets a trial at its last pre-training epoch go on to its evaluation (with
+    stop_last_trials=False Ray still stops one whose last epoch is a rung: 10 epochs, grace 5,
+    factor 2), and keeps its rung records in `state_file`, which Tune does not save: a resumed
+    run compares its trials with those recorded before the stop, as the whole run would have."""
+
+    def __init__(self, state_file: Path | None, **asha: Any):
+        super().__init__(**asha)
+        if state_file is not None and state_file.exists():
+            self.restore(str(state_file))
+        self.state_file = state_file
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and result.get("stage") == "pretrain" \
+                and result.get("epoch") == result.get("total_epochs"):  # pre-trained: evaluate it
+            self._num_stopped -= 1
+            action = TrialScheduler.CONTINUE
+        self._keep()
+        return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._keep()
+
+    def _keep(self) -> None:
+        if self.state_file is not None:
+            partial = self.state_file.with_name(f".{self.state_file.name}.partial")
+            self.save(str(partial))
+            os.replace(partial, self.state_file)
 
 
 def run_study(study: Study, runs_root: str | Path, address: str | None = None, restart: bool = False,
@@ -250,6 +282,7 @@ def make_tuner(study: Study, experiment: dict, trainable: Any, ray_storage: Stor
     """The Tune experiment `experiment` ({"name", "seeds"}): restored (`restore`) where it has run
     before, with `recorder` writing this session's rows and progress."""
     tune_dir, filesystem = ray_storage.path(experiment["name"]), ray_storage.filesystem
+    rungs_file = recorder.run_dir / f"early_stopping-{experiment['name']}.pkl"
     if restore:
         print(f"resuming {ray_storage.describe()}/{experiment['name']} (finished trials are kept; "
               "--restart starts over)", flush=True)
@@ -259,12 +292,15 @@ def make_tuner(study: Study, experiment: dict, trainable: Any, ray_storage: Stor
         if tuner._local_tuner is not None:  # None only through Ray Client (ray://), where Tune runs on the head
             run_config = tuner._local_tuner.get_run_config()
             run_config.callbacks = [recorder if isinstance(c, TrialRecorder) else c for c in run_config.callbacks]
+            # and the scheduler as it was first made, with no rung records: read them back
+            tuner._local_tuner._tune_config.scheduler = early_stopping(study, rungs_file) or FIFOScheduler()
         return tuner
+    rungs_file.unlink(missing_ok=True)  # a fresh start: no rung records of an earlier one
     return ray.tune.Tuner(
         trainable,
         param_space=param_space(study, experiment["seeds"]),
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=plan["concurrent_trials"],
-                                        search_alg=search_algorithm(study), scheduler=early_stopping(study),
+                                        search_alg=search_algorithm(study), scheduler=early_stopping(study, rungs_file),
                                         num_samples=study.trial_count() if study.sweep.method == "optuna" else 1),
         run_config=ray.tune.RunConfig(
             name=experiment["name"], storage_path=ray_storage.root, storage_filesystem=filesystem, verbose=0,

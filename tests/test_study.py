@@ -411,3 +411,39 @@ def test_a_dry_run_names_every_protocol_the_trials_evaluate_with(tmp_path, capsy
                              "sweep: {points: [{evaluate.protocol: linear}, {}]}"))
     assert main(["run", str(path), "--dry-run"]) == 0
     assert "evaluate (linear | knn) on synth:motion" in capsys.readouterr().out
+
+
+def test_early_stopping_evaluates_a_trial_at_its_last_epoch_and_keeps_its_rungs_over_a_resume(tmp_path):
+    """ASHA with stop_last_trials=False still stopped a trial whose last epoch was a rung (2 epochs,
+    grace 2), throwing its finished pre-training away; and Tune saves no scheduler state, so a
+    resumed run judged its trials against empty rungs."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from harness.sweep import EarlyStopping
+
+    def result(epoch, total, loss):
+        return {"stage": "pretrain", "epoch": epoch, "total_epochs": total, "pretrain_epoch": epoch,
+                "pretrain_loss": loss}
+
+    asha = {"time_attr": "pretrain_epoch", "metric": "pretrain_loss", "mode": "min", "reduction_factor": 2,
+            "stop_last_trials": False}
+    last = EarlyStopping(None, max_t=2, grace_period=2, **asha)
+    for name, loss in (("good", 0.5), ("worse", 0.9)):
+        trial = SimpleNamespace(trial_id=name)
+        last.on_trial_add(None, trial)
+        assert last.on_trial_result(None, trial, result(2, 2, loss)) == TrialScheduler.CONTINUE
+    rungs = tmp_path / "rungs.pkl"
+    first = EarlyStopping(rungs, max_t=4, grace_period=1, **asha)
+    good, worse = SimpleNamespace(trial_id="good"), SimpleNamespace(trial_id="worse")
+    for trial in (good, worse):
+        first.on_trial_add(None, trial)
+    assert first.on_trial_result(None, good, result(1, 4, 0.5)) == TrialScheduler.CONTINUE
+    assert first.on_trial_result(None, worse, result(1, 4, 0.9)) == TrialScheduler.STOP
+    resumed, later = EarlyStopping(rungs, max_t=4, grace_period=1, **asha), SimpleNamespace(trial_id="later")
+    resumed.on_trial_add(None, later)
+    assert resumed.on_trial_result(None, later, result(1, 4, 0.95)) == TrialScheduler.STOP  # against "good"'s 0.5
+    fresh = EarlyStopping(None, max_t=4, grace_period=1, **asha)
+    fresh.on_trial_add(None, later)
+    assert fresh.on_trial_result(None, later, result(1, 4, 0.95)) == TrialScheduler.CONTINUE

@@ -30,8 +30,11 @@ def hashable(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(trials: pd.DataFrame, by: list[str], metric: str = METRIC) -> pd.DataFrame:
-    """Mean, 95% t-interval half-width and seed count of `metric` per configuration."""
+    """Mean, 95% t-interval half-width and seed count of `metric` per configuration. Trials of one
+    configuration on the same seed (an Optuna draw repeated) are one run, not two seeds."""
     ok = trials[trials["status"] == "ok"]
+    if "seed" in ok:
+        ok = ok.groupby([*by, "seed"], dropna=False)[metric].mean().reset_index()
     table = ok.groupby(by, dropna=False)[metric].agg(mean="mean", std="std", n="count").reset_index()
     table["ci95"] = [interval(group) for _, group in ok.groupby(by, dropna=False)[metric]]
     return table

@@ -254,6 +254,8 @@ class SweepSpec(Strict):
             raise ValueError(f"parameters.{ranges[0]}: a grid sweep takes a list of values; ranges need method: optuna")
         if self.method == "optuna" and self.points:
             raise ValueError("points: explicit points belong to a grid sweep")
+        if self.method == "optuna" and not self.parameters:
+            raise ValueError("parameters: an Optuna sweep needs at least one parameter to draw")
         for point in self.points:
             shared = set(point) & set(self.parameters)
             if shared:

@@ -238,8 +238,9 @@ def _absolute_paths(raw: dict, base: Path) -> None:
 
 def _check_sweep(study: Study, path: Path) -> None:
     for name, values in study.sweep.parameters.items():
-        if isinstance(values, Distribution):
-            values = [int(values.low), int(values.high)] if values.type == "int" else [values.low, values.high]
+        if isinstance(values, Distribution):  # its ends, and for a float range a fraction (an int field refuses it)
+            values = [int(values.low), int(values.high)] if values.type == "int" else \
+                [values.low, values.high, values.low + 0.37 * (values.high - values.low)]
         if not values:
             raise StudyError(f"{path}: sweep.parameters.{name}: needs at least one value")
         for value in values:

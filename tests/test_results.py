@@ -346,3 +346,12 @@ def test_a_point_leaving_a_numeric_swept_setting_unset_is_reported(tmp_path, cap
     assert main(["report", str(run_dir), "--out", str(tmp_path / "reports")]) == 0, capsys.readouterr().err
     page = (tmp_path / "reports" / "labels.md").read_text()
     assert "| – | 0.305 |" in page and "| 16 | 0.205 |" in page  # unset: every clip
+
+
+def test_an_optuna_draw_repeated_on_one_seed_counts_as_one_run():
+    """TPE drew loss l1 twice on seed 0: the table said n 2, std 0, a 95% interval of 0."""
+    trials = pd.DataFrame({"status": "ok", "pretrain.loss": ["l1", "l1", "mse", "mse", "mse"],
+                           "seed": [0, 0, 0, 0, 1], "eval_top1": [0.2, 0.2, 0.3, 0.3, 0.5]})
+    table = summarize(trials, ["pretrain.loss"]).set_index("pretrain.loss")
+    assert table.loc["l1", "n"] == 1 and pd.isna(table.loc["l1", "std"])
+    assert table.loc["mse", "n"] == 2 and abs(table.loc["mse", "mean"] - 0.4) < 1e-12

@@ -73,7 +73,8 @@ def plotted_parameters(trials: pd.DataFrame) -> dict[str, list[str]]:
 
 def _label(names: list[str], key: Any) -> str:
     values = key if isinstance(key, tuple) else (key,)
-    return ", ".join(f"{n.rsplit('.', 1)[-1]}={'-' if pd.isna(v) else v}" for n, v in zip(names, values)) or "ours"
+    return ", ".join(f"{n.rsplit('.', 1)[-1]}={'-' if pd.isna(v) else _shown(v)}"
+                     for n, v in zip(names, values)) or "ours"
 
 
 def parameter_figure(trials: pd.DataFrame, parameter: str, metric: str = METRIC,
@@ -191,8 +192,45 @@ def loss_curve_figure(trials: pd.DataFrame, column: str = "pretrain_loss_curve",
     return figure
 
 
-def figures(trials: pd.DataFrame) -> list[go.Figure]:
-    """Every figure the rows support, in reading order."""
+def draw_figures(trials: pd.DataFrame, metric: str = METRIC, mode: str = "max") -> list[go.Figure]:
+    """An Optuna sweep's figures: `metric` against each drawn parameter, one point per trial (its
+    draws are all different, so no line joins them), and the draws in the order they finished with
+    the best so far."""
+    ok = trials[trials["status"] == "ok"].sort_values("finished_at", kind="stable")
+    if ok.empty:
+        return []
+    names = [p for p in parameters(ok) if ok[p].notna().any()]
+    hover = [", ".join(f"{n.rsplit('.', 1)[-1]}={_shown(v)}" for n, v in zip(names, row)) + f", seed {seed}"
+             for row, seed in zip(ok[names].itertuples(index=False), ok["seed"])]
+    found = []
+    for name in names:
+        numeric = _numeric(ok[name])
+        positive = numeric and ok[name].min() > 0
+        figure = go.Figure(go.Scatter(x=ok[name] if numeric else ok[name].astype(str), y=ok[metric], mode="markers",
+                                      text=hover, hovertemplate="%{text}: %{y:.3f}", name="trials"))
+        figure.update_layout(title=f"{metric} by {name} (each trial; Optuna's draws)", template="plotly_white",
+                             xaxis={"title": name, "type": "log" if positive and ok[name].max() >= 20 * ok[name].min()
+                                    else "-"}, yaxis_title=metric)
+        found.append(figure)
+    best = ok[metric].cummax() if mode == "max" else ok[metric].cummin()
+    order = go.Figure([go.Scatter(x=list(range(1, len(ok) + 1)), y=ok[metric], mode="markers", text=hover,
+                                  hovertemplate="%{text}: %{y:.3f}", name="trial"),
+                       go.Scatter(x=list(range(1, len(ok) + 1)), y=best, mode="lines", name="best so far")])
+    order.update_layout(title=f"{metric} of the trials in the order they finished", template="plotly_white",
+                        xaxis_title="trial", yaxis_title=metric)
+    return [*found, order]
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def figures(trials: pd.DataFrame, optuna: bool = False, metric: str = METRIC, mode: str = "max") -> list[go.Figure]:
+    """Every figure the rows support, in reading order (an Optuna sweep's: `draw_figures`)."""
+    if optuna:
+        found = [*draw_figures(trials, metric, mode), loss_curve_figure(trials),
+                 loss_curve_figure(trials, "finetune_loss_curve", "Fine-tuning loss")]
+        return [f for f in found if f is not None]
     swept, shift = plotted_parameters(trials), domain_shift_figure(trials)
     found = [parameter_figure(trials, p, alongside=twins) for p, twins in swept.items()
              if not (shift and p in ("pretrain.source", "evaluate.source"))]

@@ -280,7 +280,7 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     ranked = f"{metric}, mean over seeds, 95% interval" + (", lowest first" if mode == "min" else "")
 
     charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}")
-              for i, fig in enumerate(figures(trials))]
+              for i, fig in enumerate(figures(trials, bool(study and study.sweep.method == "optuna"), metric, mode))]
     facts_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in facts.items())
     gallery_html = ""
     if gallery:

@@ -355,3 +355,29 @@ def test_an_optuna_draw_repeated_on_one_seed_counts_as_one_run():
     table = summarize(trials, ["pretrain.loss"]).set_index("pretrain.loss")
     assert table.loc["l1", "n"] == 1 and pd.isna(table.loc["l1", "std"])
     assert table.loc["mse", "n"] == 2 and abs(table.loc["mse", "mean"] - 0.4) < 1e-12
+
+
+def test_an_optuna_report_plots_each_drawn_parameter_by_itself(tmp_path):
+    """Two continuous parameters, each drawn value unique: the report merged them into one axis
+    ("pretrain.mask.ratio = pretrain.lr"), drew a line with a band through unrelated draws and
+    left the learning rate without a figure."""
+    from harness.cli import main
+    from harness.recorder import record_trial
+
+    path = tmp_path / "draws.yaml"
+    path.write_text("name: draws\nsweep: {method: optuna, num_samples: 4, parameters: {\n"
+                    "  pretrain.mask.ratio: {type: float, low: 0.5, high: 0.95},\n"
+                    "  pretrain.lr: {type: loguniform, low: 0.0001, high: 0.003}}}\n")
+    study = load_study(path)
+    run_dir = tmp_path / "runs" / "draws"
+    for index, (ratio, lr, top1) in enumerate(((0.534338, 0.00141917, 0.2), (0.9, 0.0002, 0.3),
+                                               (0.7, 0.0025, 0.25), (0.8, 0.0005, 0.35))):
+        record_trial(run_dir, study, f"t{index}", {"point": {"pretrain.mask.ratio": ratio, "pretrain.lr": lr}, "seed": 0},
+                     {"eval_top1": top1, "eval_top5": 0.9, "pretrain_loss": 0.9, "wall_time_s": 60.0,
+                      "cpu_seconds": 60.0, "gpu_seconds": 0.0, "eval_protocol": "knn"})
+    (run_dir / "study.json").write_text(study.model_dump_json())
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "reports")]) == 0
+    page = (tmp_path / "reports" / "draws.html").read_text()
+    assert "eval_top1 by pretrain.mask.ratio (each trial" in page and "eval_top1 by pretrain.lr (each trial" in page
+    assert "pretrain.mask.ratio = pretrain.lr" not in page and "in the order they finished" in page
+    assert "ratio=0.5343, lr=0.001419, seed 0" in page  # hover labels rounded, not 0.534338...

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from .results import TRIALS_FILE, StorageError
 from .sources import DataError
-from .study import DEFAULT_SCALE, SCALES, StudyError
+from .study import DEFAULT_SCALE, SCALES, Distribution, StudyError
 from .study_file import DataRead, data_sources, load_study, weight_files
 from .study_notes import study_notes
 
@@ -53,7 +53,14 @@ def _run(args: argparse.Namespace) -> int:
                   f"{study.sweep.metric}: {study.sweep.num_samples} draws, each on seed{'s' if len(study.seeds) > 1 else ''} "
                   f"{', '.join(map(str, study.seeds))}, from:")
             for name, values in study.sweep.parameters.items():
-                print(f"    {name}: {values if isinstance(values, list) else values.model_dump()}")
+                drawn = values.model_dump() if isinstance(values, Distribution) else values
+                if isinstance(values, Distribution) and values.type == "int":
+                    drawn.update(low=int(values.low), high=int(values.high))
+                print(f"    {name}: {drawn}")
+        if study.sweep.early_stopping:
+            stop = study.sweep.early_stopping
+            print(f"  ASHA stops trials early on the pre-training loss: first at epoch {stop.grace_period}, "
+                  f"keeping the best 1/{stop.reduction_factor:g} at each rung")
         res, reads = study.resources, data_sources(study)
         print(f"each trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU, "
               f"{res.gpus_per_worker:g} GPU, {res.loader_processes()} loader process(es) each; "

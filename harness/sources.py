@@ -287,7 +287,13 @@ def _names_a_video(fields: list[str]) -> bool:
 
 
 def _table_manifest(location: Path, root: Path) -> pd.DataFrame:
-    table = pd.read_parquet(location) if location.suffix.lower() == ".parquet" else pd.read_csv(location)
+    try:
+        table = pd.read_parquet(location) if location.suffix.lower() == ".parquet" else pd.read_csv(location)
+    except (OSError, ValueError, pd.errors.ParserError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"manifest {location} cannot be read as {'Parquet' if location.suffix.lower() == '.parquet' else 'CSV'}: "
+                        f"{str(error).strip().splitlines()[0]}") from None
+    if table.empty:
+        raise DataError(f"manifest {location} lists no clip")
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise DataError(f"manifest {location} lacks column(s) {sorted(missing)}; needs path, label[, split]")
@@ -304,6 +310,12 @@ def _table_manifest(location: Path, root: Path) -> pd.DataFrame:
     if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
         labels = labels.astype(int)  # 3.0: a number column that once held a gap
     if not pd.api.types.is_integer_dtype(labels):
+        numbers = pd.to_numeric(labels, errors="coerce")
+        if numbers.notna().any() and numbers.isna().any():  # read as names, 10 would sort before 2
+            row = int(numbers.index[numbers.isna()][0])
+            where = f"row {row + 1}" if location.suffix.lower() == ".parquet" else f"line {row + 2}"
+            raise DataError(f"manifest {location} {where}: label {labels[row]!r} among numbered labels; "
+                            "use class numbers or class names throughout")
         names = sorted(labels.astype(str).unique())
         labels = labels.astype(str).map({name: i for i, name in enumerate(names)})
     paths = [str(root / p) for p in table["path"].astype(str)]

@@ -22,12 +22,27 @@ def study_notes(path: str | Path, scale: str = DEFAULT_SCALE) -> list[str]:
     notes = [f"{path}: {name}: set, but no trial reads it: {why}" for name, why in _unread(study).items()
              if not overridden or name in top_unread or is_under(name, overridden)]
     notes += [f"{path}: {note}" for point in points_to_check(study.sweep) for note in _schedule_notes(study.experiment(point))]
+    notes += [f"{path}: {note}" for note in _sweep_notes(study)]
     res = study.resources
     if res.loader_processes() >= res.cpus_per_worker:  # auto leaves one CPU to the worker itself
         notes.append(f"{path}: resources.loader_workers: {res.loader_processes()} loader processes beside each worker "
                      f"of {res.cpus_per_worker:g} CPU(s): they and the training share those CPUs "
                      "(auto: cpus_per_worker - 1 on GPUs)")
     return list(dict.fromkeys(notes))
+
+
+def _sweep_notes(study: Study) -> list[str]:
+    """Sweep settings that do nothing, or likely the opposite of what was meant."""
+    sweep, notes = study.sweep, []
+    if "mode" not in sweep.model_fields_set and "loss" in sweep.metric:
+        notes.append(f"sweep.mode: max (the default) ranks the highest {sweep.metric} best; set mode: min")
+    if sweep.method == "grid" and "num_samples" in sweep.model_fields_set:
+        notes.append("sweep.num_samples: a grid runs each point once per seed; num_samples is for method: optuna")
+    epochs = max(study.experiment(point).pretrain.epochs for point in points_to_check(sweep))
+    if sweep.early_stopping and sweep.early_stopping.grace_period >= epochs:
+        notes.append(f"sweep.early_stopping.grace_period: {sweep.early_stopping.grace_period} is not before the last "
+                     f"pre-training epoch ({epochs}): no trial is stopped early")
+    return notes
 
 
 def _schedule_notes(experiment: Experiment) -> list[str]:

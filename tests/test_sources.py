@@ -480,3 +480,19 @@ def test_the_shipped_smoke_studies_read_their_data_without_a_note(path, capsys):
 
     prepare_data(load_study(path, "smoke"))
     assert capsys.readouterr().err == ""
+
+
+def test_manifests_that_are_damaged_empty_or_mix_numbers_and_names_are_refused_in_one_line(tmp_path):
+    """A damaged Parquet manifest gave pyarrow's traceback; an empty one read as 0 clips of 0 classes;
+    labels 0 to 10 and one "cat" were renumbered as sorted text, 10 before 2, without a word."""
+    (tmp_path / "damaged.parquet").write_bytes(b"\x00\x01garbage")
+    (tmp_path / "empty.csv").write_text("path,label\n")
+    (tmp_path / "mixed.csv").write_text("path,label\na.mp4,0\nb.mp4,10\nc.mp4,cat\n")
+    for name, message in (("damaged.parquet", "cannot be read as Parquet: Could not open Parquet input source"),
+                          ("empty.csv", "lists no clip"),
+                          ("mixed.csv", "line 4: label 'cat' among numbered labels; use class numbers or class "
+                                        "names throughout")):
+        with pytest.raises(DataError) as error:
+            resolve_source(f"manifest:{tmp_path / name}")
+        assert str(error.value).startswith(f"manifest {tmp_path / name} ") and message in str(error.value)
+        assert "\n" not in str(error.value)

@@ -447,3 +447,18 @@ def test_early_stopping_evaluates_a_trial_at_its_last_epoch_and_keeps_its_rungs_
     fresh = EarlyStopping(None, max_t=4, grace_period=1, **asha)
     fresh.on_trial_add(None, later)
     assert fresh.on_trial_result(None, later, result(1, 4, 0.95)) == TrialScheduler.CONTINUE
+
+
+def test_sweep_settings_that_do_nothing_or_likely_the_opposite_are_noted(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: t\npretrain: {epochs: 4, warmup_epochs: 0}\nsweep: {method: optuna, num_samples: 3, "
+                    "metric: pretrain_loss,\n  parameters: {model.overrides.decoder_depth: {type: int, low: 1, high: 3}},"
+                    "\n  early_stopping: {grace_period: 4}}\n")
+    assert [note.split(": ", 2)[1] for note in study_notes(path)] == ["sweep.mode", "sweep.early_stopping.grace_period"]
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "model.overrides.decoder_depth: {'type': 'int', 'low': 1, 'high': 3}" in out
+    assert "ASHA stops trials early on the pre-training loss: first at epoch 4" in out
+    path.write_text(BASE.replace("epochs: 1}", "epochs: 1, warmup_epochs: 0}").replace("sweep: {", "sweep: {num_samples: 4, "))
+    assert study_notes(path) == [f"{path}: sweep.num_samples: a grid runs each point once per seed; num_samples is "
+                                 "for method: optuna"]

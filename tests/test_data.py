@@ -314,7 +314,7 @@ def test_sampling_is_the_same_in_another_process():
 
 
 def test_harness_data_synth_writes_a_domain_with_its_manifest(tmp_path, capsys):
-    assert main(["data", "synth", "scenes", "--clips", "4", "--val-clips", "2", "--size", "16", "--frames", "4",
+    assert main(["data", "synth", "scenes", "--clips", "4", "--val-clips", "2", "--size", "20", "--frames", "4",
                  "--distractors", "1", "--speed", "0.2", "0.4", "--out", str(tmp_path)]) == 0
     manifest = pd.read_csv(tmp_path / "manifest.csv")
     assert len(manifest) == 6 and all((tmp_path / p).stat().st_size > 0 for p in manifest["path"])
@@ -326,7 +326,7 @@ def test_harness_data_synth_writes_a_domain_with_its_manifest(tmp_path, capsys):
 def test_a_domain_written_over_another_replaces_it_whole(tmp_path, capsys):
     """The earlier domain's manifest goes before any clip is rewritten, so an interrupted rewrite
     leaves no manifest over a mix of clips; clips the smaller domain lacks are removed."""
-    small = ["--size", "16", "--frames", "2", "--out", str(tmp_path)]
+    small = ["--size", "20", "--frames", "2", "--out", str(tmp_path)]
     assert main(["data", "synth", "motion", "--clips", "5", "--val-clips", "2", *small]) == 0
 
     def interrupt(done, total):

@@ -31,7 +31,8 @@ def summary_table(trials: pd.DataFrame, metric: str = METRIC, mode: str = "max")
     """One row per configuration: the metric's mean, interval and seeds, mean loss and wall time;
     best first by the study's `metric` and `mode` (what its sweep optimizes)."""
     by = parameters(trials) or ["study"]
-    extra = trials[trials["status"] == "ok"].groupby(by, dropna=False)[["pretrain_loss", "wall_time_s"]].mean()
+    beside = [column for column in ("pretrain_loss", "wall_time_s") if column != metric]  # the metric is "mean"
+    extra = trials[trials["status"] == "ok"].groupby(by, dropna=False)[beside].mean()
     table = summarize(trials, by, metric).merge(extra.reset_index(), on=by, how="left")
     return table.sort_values("mean", ascending=mode == "min")
 

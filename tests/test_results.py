@@ -187,6 +187,7 @@ def test_status_report_and_ls_rank_by_the_metric_the_study_optimizes(tmp_path, c
     assert main(["status", str(run_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:2] == ["pretrain.lr", "pretrain_loss"]  # the ranked column, named
+    assert lines[1].split().count("pretrain_loss") == 1  # once: it was shown again as the mean loss
     assert [line.split()[:2] for line in lines[2:]] == [["0.002", "0.7"], ["0.004", "0.8"], ["0.001", "0.9"]]
     assert main(["ls", str(run_dir.parent)]) == 0
     assert "best pretrain_loss 0.7000" in capsys.readouterr().out

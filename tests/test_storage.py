@@ -89,7 +89,7 @@ def test_checkpoints_and_trial_state_on_s3_then_resume(tmp_path, s3_endpoint):
 
 def test_storage_that_cannot_be_written_is_refused_before_any_trial(tmp_path, s3_endpoint):
     storage = f"s3://no-such-bucket/ray?endpoint_override={s3_endpoint}&scheme=http"  # no bucket creation
-    study = write_study(tmp_path, "refused")
+    study = write_study(tmp_path, "refused", pretrain={"epochs": 1, "batch_size": 16, "warmup_epochs": 0})  # no note
     done = harness_run(study, tmp_path, storage)
     assert done.returncode == 2 and not (tmp_path / "runs").exists(), done.stdout + done.stderr
     message = done.stderr.strip().splitlines()

@@ -287,10 +287,11 @@ def _names_a_video(fields: list[str]) -> bool:
 
 
 def _table_manifest(location: Path, root: Path) -> pd.DataFrame:
+    parquet = location.suffix.lower() == ".parquet"
     try:
-        table = pd.read_parquet(location) if location.suffix.lower() == ".parquet" else pd.read_csv(location)
+        table = pd.read_parquet(location) if parquet else pd.read_csv(location)
     except (OSError, ValueError, pd.errors.ParserError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"manifest {location} cannot be read as {'Parquet' if location.suffix.lower() == '.parquet' else 'CSV'}: "
+        raise DataError(f"manifest {location} cannot be read as {'Parquet' if parquet else 'CSV'}: "
                         f"{str(error).strip().splitlines()[0]}") from None
     if table.empty:
         raise DataError(f"manifest {location} lists no clip")
@@ -300,7 +301,7 @@ def _table_manifest(location: Path, root: Path) -> pd.DataFrame:
     for column in ("path", "label"):
         empty = table.index[table[column].isna()]
         if len(empty):  # a CSV's line (the header is line 1), or a Parquet table's row from 1
-            where = f"row {empty[0] + 1}" if location.suffix.lower() == ".parquet" else f"line {empty[0] + 2}"
+            where = f"row {empty[0] + 1}" if parquet else f"line {empty[0] + 2}"
             raise DataError(f"manifest {location} {where}: no {column}")
     split_column = table["split"].astype(str) if "split" in table else pd.Series(["train"] * len(table))
     unknown = sorted(set(split_column) - set(SPLITS))
@@ -313,7 +314,7 @@ def _table_manifest(location: Path, root: Path) -> pd.DataFrame:
         numbers = pd.to_numeric(labels, errors="coerce")
         if numbers.notna().any() and numbers.isna().any():  # read as names, 10 would sort before 2
             row = int(numbers.index[numbers.isna()][0])
-            where = f"row {row + 1}" if location.suffix.lower() == ".parquet" else f"line {row + 2}"
+            where = f"row {row + 1}" if parquet else f"line {row + 2}"
             raise DataError(f"manifest {location} {where}: label {labels[row]!r} among numbered labels; "
                             "use class numbers or class names throughout")
         names = sorted(labels.astype(str).unique())

@@ -299,7 +299,8 @@ class Experiment(Strict):
     @model_validator(mode="after")
     def _mask_fits_the_grid(self) -> "Experiment":
         """Checked here, not in the trial: a mask of no token gives a loss over nothing (NaN)."""
-        (slots, rows, cols), mask = self.model.build().grid, self.pretrain.mask
+        config, mask = self.model.build(), self.pretrain.mask
+        slots, rows, cols = config.grid
         cells = [field for field, used in (("pretrain.mask", mask.strategy == "running_cell"),
                                            ("pretrain.decoder_mask", self.pretrain.decoder_mask is not None)) if used]
         if cells and (rows % 2 or cols % 2):
@@ -308,7 +309,7 @@ class Experiment(Strict):
         if not 0 < masked < total:
             raise ValueError(f"pretrain.mask: {mask.strategy} masking at ratio {mask.ratio} masks {masked} of the "
                              f"{total} tokens of a {slots}x{rows}x{cols} grid; it must mask some and leave some")
-        size = self.model.build().img_size
+        size = config.img_size
         if size in DECORD_UNREADABLE_WIDTHS and any(
                 source.startswith("synth:") for source in (self.pretrain.source, self.evaluate.source)):
             raise ValueError(f"model: synthetic clips are made at the model's img_size, and decord cannot decode "

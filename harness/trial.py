@@ -203,9 +203,8 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
     if experiment.pretrain.trains:
         checkpoint, metrics, shared_from = pretrained(experiment, seed, trial_id, study_obj, storage, loop_config,
                                                       shared)
-        earlier = metrics.get("epochs", [])[:metrics["resumed_from_epoch"] or 0]  # run before an interruption
-        if earlier and not shared_from:  # they count in the trial's times too
-            started -= sum(epoch.get("epoch_time_s", 0.0) for epoch in earlier)
+        if not shared_from:  # epochs run before an interruption count in the trial's times too
+            started -= time_before_stop(metrics, "epochs")
         skipped.update(bad_files(metrics))
         summary.update(pretrain_loss=metrics["loss"], pretrain_loss_curve=metrics["loss_curve"],
                        pretrain_clips_per_s=mean_rate(metrics), pretrain_time_s=time.time() - started,
@@ -222,8 +221,7 @@ def run_trial(params: dict[str, Any], study: dict, storage: Storage, shared: boo
     metrics, _ = run_stage(evaluate_worker, f"{trial_id}-eval", study_obj, storage,
                            {**loop_config, "checkpoint": checkpoint})
     skipped.update(bad_files(metrics))  # a file bad in both stages counts once
-    earlier = metrics.get("finetune_epochs", [])[:metrics.get("resumed_from_epoch") or 0]  # before an interruption
-    ran_before = sum(epoch.get("epoch_time_s", 0.0) for epoch in earlier)
+    ran_before = time_before_stop(metrics, "finetune_epochs")
     eval_started, started = eval_started - ran_before, started - ran_before
     if metrics.get("diverged"):
         summary.update(finetune_loss_curve=metrics.get("finetune_loss_curve", []), eval_time_s=time.time() - eval_started)
@@ -254,6 +252,13 @@ def bad_files(metrics: dict[str, Any]) -> dict[str, str]:
     """A stage's skipped files, path -> reason (a pre-training run recorded before reasons were
     kept lists paths only)."""
     return dict((entry, "") if isinstance(entry, str) else tuple(entry) for entry in metrics.get("skipped_files", []))
+
+
+def time_before_stop(metrics: dict, epochs: str) -> float:
+    """Seconds a resumed stage ran before its interruption: the times of its `epochs` entries
+    before `resumed_from_epoch`."""
+    earlier = metrics.get(epochs, [])[:metrics.get("resumed_from_epoch") or 0]
+    return sum(epoch.get("epoch_time_s", 0.0) for epoch in earlier)
 
 
 def _diverged(summary: dict[str, Any], started: float, skipped: dict, resources: Any, reason: str) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """Evaluation heads over a VideoMAE encoder: features for probes, and a classifier for fine-tuning."""
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
+
 import torch
 from torch import nn
 
-from dataclasses import replace
-
 from .presets import ModelConfig
-from .videomae import VideoEncoder, VideoMAE
+from .videomae import VideoEncoder, VideoMAE, init_weights
 
 
 def temporal_features(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -31,7 +32,8 @@ class VideoClassifier(nn.Module):
         self.encoder = VideoEncoder(config, final_norm=False)
         self.fc_norm = nn.LayerNorm(config.embed_dim, eps=config.norm_eps)
         self.head = nn.Linear(config.embed_dim, num_classes)
-        self.apply(_init_weights)  # the reference's fine-tuning model; from_pretrained replaces the encoder's
+        # the reference's fine-tuning model; from_pretrained replaces the encoder's
+        self.apply(partial(init_weights, linear=partial(nn.init.trunc_normal_, std=0.02)))
         with torch.no_grad():
             self.head.weight.mul_(head_init_scale)
 
@@ -52,16 +54,6 @@ class VideoClassifier(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.encoder(video).mean(dim=1)))
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def layer_decay_groups(classifier: VideoClassifier, lr: float, weight_decay: float,

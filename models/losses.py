@@ -88,13 +88,18 @@ def reconstruction_target(cubes: torch.Tensor, normalize_cubes: bool = True) -> 
     return pixels.transpose(2, 3).flatten(2)
 
 
+def loss_by_name(loss: str) -> tuple:
+    """LOSSES' entry for `loss`: its elementwise loss and whether the target is normalized."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
+    return LOSSES[loss]
+
+
 def reconstruction_loss(pred: torch.Tensor, target_cubes: torch.Tensor, loss: str,
                         scored: torch.Tensor | None = None) -> torch.Tensor:
     """Loss between predictions (B, K, patch_dim) and the cubes (B, K, C, P) they reconstruct;
     with `scored` (B, K) bool, the mean over the tokens it marks (VideoMAE V2's cal_loss_mask)."""
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
-    loss_fn, normalize_cubes = LOSSES[loss]
+    loss_fn, normalize_cubes = loss_by_name(loss)
     target = reconstruction_target(target_cubes, normalize_cubes)
     if scored is None:
         return loss_fn(pred.float(), target)

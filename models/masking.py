@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from .choices import masked_count
+
 
 def _random_choice(batch: int, population: int, count: int, generator: torch.Generator | None) -> torch.Tensor:
     """Bool (batch, population) with exactly `count` True per row, uniformly at random."""
@@ -71,12 +73,11 @@ def make_mask(strategy: str, batch: int, grid: tuple[int, int, int], ratio: floa
         raise ValueError(f"mask ratio must lie in (0, 1), got {ratio}")
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    mask = GENERATORS[strategy](batch, grid, ratio, generator)
-    masked = int(mask[0].sum())
-    if masked in (0, mask.shape[1]):
+    masked = masked_count(strategy, grid, ratio)
+    if masked in (0, grid[0] * grid[1] * grid[2]):
         raise ValueError(f"a {strategy} mask of ratio {ratio} masks {'no' if masked == 0 else 'every'} token "
                          f"of the {'x'.join(map(str, grid))} token grid")
-    return mask
+    return GENERATORS[strategy](batch, grid, ratio, generator)
 
 
 def decoder_mask(encoder_mask: torch.Tensor, grid: tuple[int, int, int], ratio: float = 0.5,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .losses import LOSSES, cube_pixels, reconstruction_loss
+from .losses import cube_pixels, loss_by_name, reconstruction_loss
 from .presets import ModelConfig
 
 
@@ -189,8 +190,7 @@ class VideoMAE(nn.Module):
 
     def __init__(self, config: ModelConfig, loss: str = "mse", final_norm: bool = True):
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
+        loss_by_name(loss)  # an unknown name fails here, not at the first step
         self.config = config
         self.loss_name = loss
         self.encoder = VideoEncoder(config, final_norm=final_norm)
@@ -199,7 +199,7 @@ class VideoMAE(nn.Module):
         self.register_buffer("decoder_pos_embed", sincos_table(config.num_tokens, config.decoder_embed_dim),
                              persistent=False)
         self.decoder = VideoDecoder(config)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         trunc_normal_(self.mask_token, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
@@ -248,9 +248,11 @@ class VideoMAE(nn.Module):
         return PretrainOutput(loss=loss, pred=pred)
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module, linear: Callable[[torch.Tensor], None] = nn.init.xavier_uniform_) -> None:
+    """The reference's initialisation (for `nn.Module.apply`): `linear` for Linear weights (the
+    pre-training model's xavier; the fine-tuning model's truncated normal), zero biases, unit norms."""
     if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
+        linear(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
